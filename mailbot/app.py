@@ -1,0 +1,55 @@
+"""The application context: config, rules, letters and database, built once and passed along
+(no module-level singletons configured by import side effects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailbot.config import Config, load_config
+from mailbot.db import Database
+from mailbot.letters import Letters
+from mailbot.policy.rules import Rules, load_rules
+from mailbot.transport.base import Mailbox, Sender
+
+
+@dataclass
+class App:
+    config: Config
+    rules: Rules
+    letters: Letters
+    db: Database
+
+    @classmethod
+    def from_config(cls, config: Config) -> "App":
+        rules = load_rules(config.rules.path)
+        return cls(config=config, rules=rules, letters=Letters(config.rules.templates),
+                   db=Database(config.database.url))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "App":
+        return cls.from_config(load_config(path))
+
+    def open_mailbox(self) -> Mailbox:
+        box = self.config.mailbox
+        if box.kind == "maildir":
+            from mailbot.transport.maildir import MaildirMailbox
+            return MaildirMailbox(box.path, box.processed_folder, box.quarantine_folder)
+        if box.kind == "imap":
+            from mailbot.transport.imap import ImapMailbox
+            return ImapMailbox(box.host, box.port, box.security, box.username or "",
+                               box.resolve_password(), box.folder, box.processed_folder,
+                               box.quarantine_folder, box.poll_seconds, box.timeout_seconds)
+        raise NotImplementedError(f"mailbox.kind = {box.kind!r} is not available in this version")
+
+    def open_sender(self) -> Sender:
+        out = self.config.outgoing
+        if out.kind == "folder":
+            from mailbot.transport.folder import FolderSender
+            return FolderSender(out.path)
+        from mailbot.transport.smtp import SmtpSender
+        return SmtpSender(out.host, out.port, out.security, out.username, out.resolve_password(),
+                          out.timeout_seconds)
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,106 @@
+"""The daemon loop: fetch -> process (commit) -> move -> deliver, forever or once.
+
+Order is what makes it safe: a message is moved out of the inbox only after ``process``
+committed its outcome, and mail is sent only from the committed outbox.  Any trouble with the
+mailbox, the mail server or the database is logged and retried with growing pauses; it never
+turns into a crash loop and never moves a message that was not handled.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mailbot import outbox
+from mailbot.app import App
+from mailbot.pipeline import Outcome, StorageUnavailable, process
+from mailbot.transport.base import Mailbox, Sender, TransportError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    sent: int = 0
+    send_retries: int = 0
+    send_failures: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(self, app: App, mailbox: Mailbox | None = None, sender: Sender | None = None):
+        self.app = app
+        self.mailbox = mailbox or app.open_mailbox()
+        self.sender = sender or app.open_sender()
+        self.stopping = threading.Event()
+        self.batch_size = app.config.mailbox.batch_size
+
+    def handle_batch(self, report: RunReport, seen: set[str]) -> int:
+        """One round; returns how many messages were new in it."""
+        batch = self.mailbox.fetch(self.batch_size)
+        fresh = [m for m in batch if m.uid not in seen]
+        done: dict[str, list[str]] = {"processed": [], "quarantine": []}
+        try:
+            for incoming in fresh:
+                if self.stopping.is_set():
+                    break
+                outcome = process(self.app, incoming)
+                seen.add(incoming.uid)
+                report.outcomes.append(outcome)
+                done[outcome.destination].append(incoming.uid)
+        finally:
+            # whatever was committed leaves the inbox, even if a later message failed
+            for destination, uids in done.items():
+                self.mailbox.move(uids, destination)
+        self.deliver(report)
+        return len(fresh)
+
+    def deliver(self, report: RunReport) -> None:
+        counts = outbox.deliver(self.app.db, self.sender)
+        report.sent += counts["sent"]
+        report.send_retries += counts["retry"]
+        report.send_failures += counts["failed"]
+
+    def run_once(self) -> RunReport:
+        """Handle everything waiting in the inbox, send what is due, and return."""
+        report = RunReport()
+        seen: set[str] = set()
+        while not self.stopping.is_set():
+            if self.handle_batch(report, seen) == 0:
+                break
+        return report
+
+    def run_forever(self) -> None:
+        pause = 1.0
+        report = RunReport()
+        seen: set[str] = set()
+        while not self.stopping.is_set():
+            try:
+                while self.handle_batch(report, seen) >= self.batch_size:
+                    pass
+                seen.clear()
+                pause = 1.0
+                self.mailbox.wait(self.app.config.mailbox.poll_seconds)
+            except (TransportError, StorageUnavailable) as exc:
+                log.warning("%s; retrying in %.0f s", exc, pause)
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 300)
+            report.outcomes.clear()
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def close(self) -> None:
+        for part in (self.mailbox, self.sender):
+            try:
+                part.close()
+            except Exception:  # noqa: BLE001
+                log.debug("close failed", exc_info=True)

@@ -1,0 +1,65 @@
+"""Screen: which channel did a message arrive through?
+
+Channel signs (SMS-to-email gateways, social-network notifications, web-form relays,
+auto-replies) live in ``rules/channels.toml``.  Whether a message may be *answered* is a
+separate question (``ParsedMessage.machine_generated``): a newsletter is ordinary email by
+channel, yet nobody replies to it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from mailbot.intake.parse import ParsedMessage
+from mailbot.policy.rules import ChannelRule, Rules
+
+# Order matters: a machine-generated notification from a social network is social media,
+# an SMS relay often looks automated, so specific channels are tested before auto_reply.
+CHANNEL_ORDER = ("sms_gateway", "social_media", "web_form", "auto_reply")
+
+
+@dataclass
+class Screening:
+    channel: str
+    reasons: list[str] = field(default_factory=list)
+
+
+@lru_cache(maxsize=512)
+def _compile(pattern: str, multiline: bool = False) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE | (re.MULTILINE if multiline else 0))
+
+
+def _matches(rule: ChannelRule, msg: ParsedMessage) -> str | None:
+    domain = msg.from_addr.rsplit("@", 1)[-1]
+    for wanted in rule.sender_domains:
+        wanted = wanted.lower()
+        if domain == wanted or domain.endswith("." + wanted):
+            return f"sender domain {domain}"
+    for name in rule.headers:
+        value = msg.header(name)
+        if value is not None and value.strip().lower() != "no":  # "Auto-Submitted: no" is human
+            return f"header {name}"
+    for pattern in rule.sender_patterns:
+        if _compile(pattern).search(msg.from_addr):
+            return f"sender matches {pattern!r}"
+    for pattern in rule.subject_patterns:
+        if _compile(pattern).search(msg.subject):
+            return f"subject matches {pattern!r}"
+    head = msg.text[:4000]
+    for pattern in rule.body_patterns:
+        if _compile(pattern, multiline=True).search(head):
+            return f"body matches {pattern!r}"
+    return None
+
+
+def screen(msg: ParsedMessage, rules: Rules) -> Screening:
+    for channel in CHANNEL_ORDER:
+        rule = rules.channels.get(channel)
+        if rule is None:
+            continue
+        why = _matches(rule, msg)
+        if why:
+            return Screening(channel, [f"channel {channel}: {why}"])
+    return Screening("email", [])

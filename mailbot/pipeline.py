@@ -1,0 +1,234 @@
+"""One inbound message, top to bottom: parse -> screen -> classify -> route -> store -> act.
+
+``process(app, incoming)`` is the single entry point every transport feeds.  Everything it
+decides is written in ONE transaction: the inbound message (raw bytes included), the case,
+the audit events and the outgoing mail.  Only after that commit may the caller move the
+message out of the inbox.  A unique ``dedupe_key`` on inbound messages makes a second copy
+(a restart, a re-delivery, another daemon) a recognised duplicate instead of a second case.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, col, select
+
+from mailbot.app import App
+from mailbot.cases import registry
+from mailbot.cases.models import Case, Event, Message, utcnow
+from mailbot.cases.workflow import Route, decide
+from mailbot.classify import Classification, classify
+from mailbot.intake.parse import ParsedMessage, ParseError, parse
+from mailbot.letters import LetterError, build_email
+from mailbot.outbox import queue
+from mailbot.transport.base import Incoming
+
+log = logging.getLogger(__name__)
+LONDON = ZoneInfo("Europe/London")
+
+
+@dataclass
+class Outcome:
+    uid: str
+    destination: str  # "processed" | "quarantine"
+    action: str  # case_opened | added_to_case | recorded | duplicate | quarantined | ...
+    reference: str | None = None
+    label: str = ""
+    channel: str = ""
+    detail: str = ""
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be written: the message stays in the inbox for a later attempt."""
+
+
+def dedupe_key(msg: ParsedMessage | None, raw_sha256: str) -> str:
+    if msg is not None and msg.message_id:
+        return f"mid:{msg.message_id.lower()}|{msg.from_addr}"[:500]
+    return f"sha256:{raw_sha256}"
+
+
+def process(app: App, incoming: Incoming) -> Outcome:
+    try:
+        msg = parse(incoming.raw)
+    except ParseError as exc:
+        return _record_quarantine(app, incoming, str(exc))
+    try:
+        with app.db.session() as session:
+            duplicate = _find_duplicate(session, msg)
+            if duplicate is not None:
+                return _duplicate_outcome(incoming, duplicate)
+            outcome = _handle(app, session, incoming, msg)
+        log.info("handled %s: %s %s label=%s channel=%s", incoming.uid, outcome.action,
+                 outcome.reference or "-", outcome.label, outcome.channel)
+        return outcome
+    except IntegrityError:
+        # another daemon (or an earlier run) committed the same message first
+        with app.db.session() as session:
+            duplicate = _find_duplicate(session, msg)
+        if duplicate is not None:
+            return _duplicate_outcome(incoming, duplicate)
+        raise
+    except OperationalError as exc:
+        raise StorageUnavailable(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - a bug on one message must not stop the mailbox
+        log.exception("internal error on %s; quarantining it", incoming.uid)
+        return _record_quarantine(app, incoming, f"internal error: {type(exc).__name__}: {exc}", msg)
+
+
+def _find_duplicate(session: Session, msg: ParsedMessage) -> Message | None:
+    return session.exec(select(Message).where(
+        col(Message.dedupe_key) == dedupe_key(msg, msg.sha256))).first()
+
+
+def _duplicate_outcome(incoming: Incoming, original: Message) -> Outcome:
+    destination = "quarantine" if original.outcome == "quarantined" else "processed"
+    return Outcome(incoming.uid, destination, "duplicate", label=original.label,
+                   detail=f"same message as #{original.id} ({original.outcome})")
+
+
+def _record_quarantine(app: App, incoming: Incoming, reason: str,
+                       msg: ParsedMessage | None = None) -> Outcome:
+    import hashlib
+
+    sha = hashlib.sha256(incoming.raw).hexdigest()
+    key = dedupe_key(msg, sha)
+    try:
+        with app.db.session() as session:
+            existing = session.exec(select(Message).where(col(Message.dedupe_key) == key)).first()
+            if existing is None:
+                row = Message(direction="in", dedupe_key=key, raw=incoming.raw, source=incoming.uid,
+                              outcome="quarantined", reason=reason[:2000],
+                              message_id=msg.message_id if msg else None,
+                              sender=msg.from_addr if msg else "", subject=msg.subject[:500] if msg else "")
+                session.add(row)
+                session.flush()
+                session.add(Event(message_id=row.id, actor="system", action="quarantined",
+                                  detail=reason[:2000]))
+    except (OperationalError, IntegrityError) as exc:
+        raise StorageUnavailable(str(exc)) from exc
+    log.warning("quarantined %s: %s", incoming.uid, reason)
+    return Outcome(incoming.uid, "quarantine", "quarantined", detail=reason)
+
+
+def _is_own_mail(session: Session, app: App, msg: ParsedMessage) -> bool:
+    if msg.from_addr == app.config.outgoing.from_address:
+        return True
+    if msg.message_id:
+        return session.exec(select(Message.id).where(
+            col(Message.direction) == "out", col(Message.message_id) == msg.message_id)).first() is not None
+    return False
+
+
+def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage) -> Outcome:
+    cls = classify(msg, app.rules, app.config.classifier.review_below)
+    row = Message(direction="in", dedupe_key=dedupe_key(msg, msg.sha256), message_id=msg.message_id,
+                  in_reply_to=" ".join(msg.in_reply_to), references=" ".join(msg.references),
+                  sender=msg.from_addr, recipients=",".join(msg.to), subject=msg.subject[:500],
+                  raw=incoming.raw, source=incoming.uid, label=cls.label,
+                  classification=cls.to_json())
+    session.add(row)
+    session.flush()  # the unique dedupe_key is checked here, before a number is taken
+
+    if _is_own_mail(session, app, msg):
+        row.outcome, row.reason = "recorded", "our own mail came back: never answered"
+        session.add(Event(message_id=row.id, actor="system", action="own_mail_ignored"))
+        return Outcome(incoming.uid, "processed", "recorded", label=cls.label,
+                       channel=cls.channel, detail=row.reason)
+
+    existing = registry.case_by_reference(session, cls.reference) or registry.case_by_thread(
+        session, msg.thread_ids)
+    route = decide(msg, cls, existing)
+    row.reason = "; ".join(route.reasons)[:2000]
+    if route.action == "record":
+        row.outcome = "recorded"
+        session.add(Event(message_id=row.id, actor="system", action=route.event,
+                          detail=json.dumps({"label": cls.label, "channel": cls.channel,
+                                             "reasons": route.reasons})))
+        return Outcome(incoming.uid, "processed", "recorded", label=cls.label,
+                       channel=cls.channel, detail=row.reason)
+
+    if route.action == "new_case":
+        case = _open_case(session, app, msg, cls, route)
+        action = "case_opened"
+    else:
+        case = route.case
+        action = "added_to_case"
+        session.add(Event(case_id=case.id, actor=msg.from_addr or "unknown", action=route.event,
+                          detail=json.dumps({"label": cls.label, "flags": cls.flags})))
+    row.case_id, row.outcome = case.id, action
+    session.add(Event(case_id=case.id, message_id=row.id, actor="system", action="classified",
+                      detail=cls.to_json()))
+    _act(app, session, msg, cls, case, route, row)
+    return Outcome(incoming.uid, "processed", action, reference=case.reference, label=cls.label,
+                   channel=cls.channel, detail=row.reason)
+
+
+def _received_at(msg: ParsedMessage):
+    return utcnow()
+
+
+def _open_case(session: Session, app: App, msg: ParsedMessage, cls: Classification,
+               route: Route) -> Case:
+    now = _received_at(msg)
+    year = now.astimezone(LONDON).year
+    reference = registry.next_reference(session, app.rules.reference, year)
+    case = Case(reference=reference, kind=route.kind or cls.label, status=route.status,
+                complainant=msg.reply_address, complainant_name=msg.from_name,
+                subject=msg.subject[:500], channel=cls.channel, flags=",".join(cls.flags),
+                confidence=cls.confidence, needs_review=cls.needs_review, opened_at=now)
+    session.add(case)
+    session.flush()
+    session.add(Event(case_id=case.id, actor="system", action="case_opened",
+                      detail=json.dumps({"reference": reference, "kind": case.kind,
+                                         "status": case.status, "reasons": route.reasons})))
+    return case
+
+
+def letter_context(app: App, case: Case, msg: ParsedMessage, cls: Classification,
+                   acknowledged: bool = False) -> dict:
+    name = msg.from_name.strip()
+    return {
+        "org": app.rules.organisation,
+        "case": case,
+        "greeting_name": name or "Sir or Madam",
+        "their_subject": msg.subject,
+        "complainant_display": f"{name} <{case.complainant}>" if name else case.complainant,
+        "sender_display": f"{name} <{msg.from_addr}>" if name else msg.from_addr,
+        "received": utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        "flags": cls.flags,
+        "label": cls.label,
+        "needs_review": cls.needs_review,
+        "confidence": cls.confidence,
+        "acknowledged": acknowledged,
+        "body": msg.text[:20000],
+    }
+
+
+def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, case: Case,
+         route: Route, row: Message) -> None:
+    sender = app.config.outgoing.from_
+    mail_from = app.config.outgoing.from_address
+    context = letter_context(app, case, msg, cls, acknowledged=route.letter is not None)
+    if route.letter:
+        try:
+            letter = app.letters.render(route.letter, context)
+        except LetterError as exc:
+            raise RuntimeError(f"cannot write the {route.letter} letter: {exc}") from exc
+        email = build_email(letter, sender=sender, to=[msg.reply_address],
+                            in_reply_to=msg.message_id, references=msg.references)
+        out = queue(session, email, case_id=case.id, purpose=route.letter, mail_from=mail_from)
+        session.add(Event(case_id=case.id, actor="system", action=f"{route.letter}_queued"))
+        if route.action == "new_case" and route.letter == "acknowledgement":
+            case.status = "acknowledged"
+        session.flush()
+        log.debug("queued %s as message %s", route.letter, out.id)
+    staff = [a for a in app.config.staff.notify if a]
+    if route.staff_letter and staff:
+        letter = app.letters.render(route.staff_letter, context)
+        email = build_email(letter, sender=sender, to=staff, auto_reply=True)
+        queue(session, email, case_id=case.id, purpose=route.staff_letter, mail_from=mail_from)

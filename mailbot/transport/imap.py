@@ -1,0 +1,179 @@
+"""An IMAP mailbox (imap-tools on top of imaplib).
+
+Messages are identified by ``UIDVALIDITY:UID`` so an id never silently points at another
+message after the server renumbers a folder.  Mail is read with ``BODY.PEEK[]`` (the
+complainant's unread state is untouched) in bulk, and moved with ``UID MOVE`` when the server
+has it (else COPY + flag + ``UID EXPUNGE``, never a bare EXPUNGE that would also remove other
+clients' deleted mail).  Folder names are built with the server's own hierarchy delimiter and
+created when missing.  New mail is awaited with IDLE when offered, else by polling.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import socket
+import ssl
+import time
+
+from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
+from imap_tools.errors import MailboxLoginError
+from imap_tools.utils import encode_folder
+
+from mailbot.transport.base import Destination, Incoming, TransportError
+
+_UID = re.compile(rb"UID (\d+)")
+FETCH_CHUNK = 200
+
+
+class ImapMailbox:
+    def __init__(self, host: str, port: int, security: str, username: str, password: str,
+                 folder: str = "INBOX", processed_folder: str = "mailbot/processed",
+                 quarantine_folder: str = "mailbot/quarantine", poll_seconds: float = 30,
+                 timeout: float = 60):
+        self.host, self.port, self.security = host, port, security
+        self.username, self._password = username, password
+        self.folder = folder
+        self._wanted = {"processed": processed_folder, "quarantine": quarantine_folder}
+        self.poll_seconds = poll_seconds
+        self.timeout = timeout
+        self.description = f"imap {username}@{host}:{port}/{folder}"
+        self._box = None
+        self._folders: dict[str, str] = {}
+        self.uidvalidity = ""
+        self.capabilities: set[str] = set()
+
+    # -- connection -------------------------------------------------------------------------
+    def _connect(self) -> None:
+        try:
+            if self.security == "ssl":
+                box = MailBox(self.host, self.port, timeout=self.timeout,
+                              ssl_context=ssl.create_default_context())
+            elif self.security == "starttls":
+                box = MailBoxStartTls(self.host, self.port, timeout=self.timeout,
+                                      ssl_context=ssl.create_default_context())
+            else:
+                box = MailBoxUnencrypted(self.host, self.port, timeout=self.timeout)
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise TransportError(f"{self.description}: cannot connect: {exc}") from exc
+        try:
+            box.login(self.username, self._password, initial_folder=None)
+        except MailboxLoginError as exc:
+            box.client.shutdown()
+            raise TransportError(f"{self.description}: login refused for {self.username}") from exc
+        # The pre-login greeting may not list MOVE/IDLE/UIDPLUS: ask again now we are in.
+        typ, data = box.client.capability()
+        if typ == "OK" and data and data[-1]:
+            box.client.capabilities = tuple(data[-1].decode().upper().split())
+        self.capabilities = set(box.client.capabilities)
+        self._box = box
+        delimiter = self._delimiter()
+        self._folders = {}
+        for kind, name in self._wanted.items():
+            server_name = name.replace("/", delimiter) if delimiter else name
+            if not box.folder.exists(server_name):
+                box.folder.create(server_name)
+            self._folders[kind] = server_name
+        status = box.folder.status(self.folder, ["UIDVALIDITY"])
+        self.uidvalidity = str(status["UIDVALIDITY"])
+        box.folder.set(self.folder)
+
+    def _delimiter(self) -> str:
+        for info in self._box.folder.list(search_args="%"):
+            if info.delim:
+                return info.delim
+        return "/"
+
+    def _ensure(self):
+        if self._box is None:
+            self._connect()
+        return self._box
+
+    def _run(self, what: str, func):
+        """Run one server conversation; connection trouble becomes TransportError and a reconnect."""
+        try:
+            box = self._ensure()
+            return func(box)
+        except TransportError:
+            self.close()
+            raise
+        except (OSError, imaplib.IMAP4.error, imaplib.IMAP4.abort, socket.timeout, Exception) as exc:
+            self.close()
+            raise TransportError(f"{self.description}: {what} failed: {exc}") from exc
+
+    # -- contract ---------------------------------------------------------------------------
+    def fetch(self, limit: int) -> list[Incoming]:
+        def do(box) -> list[Incoming]:
+            box.client.noop()  # let the server tell us about new mail
+            typ, data = box.client.uid("SEARCH", None, "UNDELETED")
+            if typ != "OK":
+                raise TransportError(f"SEARCH refused: {data!r}")
+            uids = data[0].split()[:limit] if data and data[0] else []
+            out: list[Incoming] = []
+            for start in range(0, len(uids), FETCH_CHUNK):
+                chunk = b",".join(uids[start:start + FETCH_CHUNK]).decode()
+                typ, data = box.client.uid("FETCH", chunk, "(UID BODY.PEEK[])")
+                if typ != "OK":
+                    raise TransportError(f"FETCH refused: {data!r}")
+                for item in data:
+                    if isinstance(item, tuple) and len(item) == 2:
+                        match = _UID.search(item[0])
+                        if match:
+                            uid = match.group(1).decode()
+                            out.append(Incoming(f"imap:{self.folder}:{self.uidvalidity}:{uid}",
+                                                item[1]))
+            return out
+
+        return self._run("fetch", do)
+
+    def move(self, uids: list[str], destination: Destination) -> None:
+        if not uids:
+            return
+
+        def do(box) -> None:
+            plain = []
+            for uid in uids:
+                _kind, _folder, validity, number = uid.rsplit(":", 3)
+                if validity == self.uidvalidity:
+                    plain.append(number)  # a stale UIDVALIDITY: the message will be fetched anew
+            target = encode_folder(self._folders[destination])
+            for start in range(0, len(plain), 1000):
+                uidset = ",".join(plain[start:start + 1000])
+                if "MOVE" in self.capabilities:
+                    typ, data = box.client.uid("MOVE", uidset, target)
+                    if typ != "OK":
+                        raise TransportError(f"MOVE refused: {data!r}")
+                    continue
+                typ, data = box.client.uid("COPY", uidset, target)
+                if typ != "OK":
+                    raise TransportError(f"COPY refused: {data!r}")
+                box.client.uid("STORE", uidset, "+FLAGS.SILENT", r"(\Deleted)")
+                if "UIDPLUS" in self.capabilities:
+                    box.client.uid("EXPUNGE", uidset)
+                else:
+                    box.client.expunge()
+
+        self._run("move", do)
+
+    def wait(self, timeout: float) -> bool:
+        self._run("connect", lambda box: None)
+        if "IDLE" not in self.capabilities:
+            time.sleep(min(timeout, self.poll_seconds))
+            return False
+
+        def do(box) -> bool:
+            responses = box.idle.wait(timeout=min(timeout, 25 * 60))
+            return any(b"EXISTS" in r or b"RECENT" in r for r in responses)
+
+        return self._run("idle", do)
+
+    def close(self) -> None:
+        box, self._box = self._box, None
+        if box is not None:
+            try:
+                box.logout()
+            except Exception:  # noqa: BLE001 - the connection may already be dead
+                try:
+                    box.client.shutdown()
+                except Exception:  # noqa: BLE001
+                    pass
