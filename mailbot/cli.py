@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mailbot.config import ConfigError
@@ -84,7 +85,7 @@ def run(config: str = ConfigOption,
         table.add_column("why", overflow="fold")
         for number, o in enumerate(report.outcomes, 1):
             table.add_row(str(number), o.action, o.reference or "", o.label, o.channel,
-                          o.detail[:120])
+                          escape(o.detail[:120]))
         console.print(table)
         console.print(f"sent {report.sent} message(s)"
                       + (f", {report.send_retries} to retry" if report.send_retries else "")
@@ -115,8 +116,8 @@ def cases_list(config: str = ConfigOption, as_json: bool = typer.Option(False, "
     for column in ("reference", "kind", "status", "complainant", "flags", "opened", "subject"):
         table.add_column(column, overflow="fold")
     for c in rows:
-        table.add_row(c.reference, c.kind, c.status, c.complainant, ",".join(c.flag_list),
-                      c.opened_at.strftime("%Y-%m-%d %H:%M"), c.subject[:60])
+        table.add_row(c.reference, c.kind, c.status, escape(c.complainant), ",".join(c.flag_list),
+                      c.opened_at.strftime("%Y-%m-%d %H:%M"), escape(c.subject[:60]))
     console.print(table)
 
 
@@ -136,9 +137,9 @@ def cases_show(reference: str, config: str = ConfigOption) -> None:
         messages = session.exec(select(Message).where(col(Message.case_id) == case.id)).all()
         events = session.exec(select(Event).where(col(Event.case_id) == case.id)).all()
     console.print(f"[bold]{case.reference}[/]  {case.kind}  status: {case.status}")
-    console.print(f"complainant: {case.complainant_name} <{case.complainant}>  channel: {case.channel}"
-                  f"  flags: {', '.join(case.flag_list) or '-'}")
-    console.print(f"subject: {case.subject}")
+    console.print(escape(f"complainant: {case.complainant_name} <{case.complainant}>  channel: "
+                         f"{case.channel}  flags: {', '.join(case.flag_list) or '-'}"))
+    console.print(escape(f"subject: {case.subject}"))
     timeline = [(m.at, "mail " + ("in " if m.direction == "in" else "out"),
                  f"{m.sender} -> {m.recipients}: {m.subject}"
                  + (f" [{m.delivery}]" if m.direction == "out" else "")) for m in messages]
@@ -147,7 +148,7 @@ def cases_show(reference: str, config: str = ConfigOption) -> None:
     for column in ("when (UTC)", "what", "detail"):
         table.add_column(column, overflow="fold")
     for at, what, detail in sorted(timeline, key=lambda t: t[0]):
-        table.add_row(at.strftime("%Y-%m-%d %H:%M:%S"), what, detail)
+        table.add_row(at.strftime("%Y-%m-%d %H:%M:%S"), what, escape(detail))
     console.print(table)
 
 
@@ -188,7 +189,7 @@ def classify(files: list[Path], config: str = ConfigOption,
         if as_json:
             print(json.dumps(result))
         else:
-            console.print(f"[bold]{path}[/]: {c.label} via {c.channel}, flags "
+            console.print(f"[bold]{escape(str(path))}[/]: {c.label} via {c.channel}, flags "
                           f"{', '.join(c.flags) or '-'}, reference {c.reference or '-'}, "
                           f"confidence {c.confidence:.2f}{' (needs review)' if c.needs_review else ''}")
             if explain:

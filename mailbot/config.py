@@ -166,7 +166,7 @@ def load_config(path: str | os.PathLike) -> Config:
 
 def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
     def rel(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else base / p
+        return p if p is None or p.is_absolute() else base / p
 
     if config.mailbox.path is not None:
         config.mailbox.path = rel(config.mailbox.path)
