@@ -93,19 +93,25 @@ def test_dovecot_folders_use_server_delimiter(dovecot: DovecotServer) -> None:
 
 
 def test_dovecot_bad_password_is_refused_quickly(dovecot: DovecotServer) -> None:
+    # auth_failure_delay = 0 and no anvil penalty.  Stock Dovecot answers a
+    # failure after 2 s and then penalises the address (1.5 s, 6 s, ... even
+    # for the next *good* login).  Dovecot 2.3.19 still sends each failure
+    # on its next 500 ms failure-queue tick, so each refusal takes ~0.5 s.
+    for user in (dovecot.user, "nobody"):
+        t0 = time.monotonic()
+        with pytest.raises(MailboxLoginError) as exc:
+            dovecot.client(user, "wrong")
+        assert time.monotonic() - t0 < 1.0
+        assert "AUTHENTICATIONFAILED" in str(exc.value)
     t0 = time.monotonic()
-    for _ in range(3):
-        with pytest.raises(MailboxLoginError):
-            dovecot.client(dovecot.user, "wrong")
-    # No auth_failure_delay and no anvil penalty: even the good login after
-    # three failures is immediate (stock Dovecot: 1.5 s, then 6 s).
     with dovecot.client() as mb:
         assert mb.uids() == []
-    assert time.monotonic() - t0 < 1.5
-    assert "password mismatch" in dovecot.log_text()
+    assert time.monotonic() - t0 < 0.5
+    assert "Password mismatch" in dovecot.log_text()
 
 
 def test_dovecot_add_user_gets_own_mailbox(dovecot: DovecotServer) -> None:
+    dovecot.client().logout()  # a login just before: the new user must still work
     dovecot.add_user("feedback", "pw2")
     dovecot.append(MSG2, user="feedback")
     assert dovecot.uids(user="feedback") == ["1"]
@@ -130,8 +136,11 @@ def test_dovecot_restart_keeps_mail_and_port(dovecot: DovecotServer) -> None:
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((dovecot.host, port), timeout=2).close()
     # A connection open across the outage is dead afterwards.
-    with pytest.raises((imaplib.IMAP4.abort, OSError)):
-        before.uids()
+    try:
+        with pytest.raises((imaplib.IMAP4.abort, OSError)):
+            before.uids()
+    finally:
+        before.client.shutdown()
 
     t0 = time.monotonic()
     dovecot.start()
@@ -196,7 +205,8 @@ def test_smtp_capture_records_envelope_and_message(smtp_server: SmtpCapture) -> 
     assert got.rcpt_tos == ["alice@example.org", "archive@example.net"]
     assert got.message["Subject"] == "We received your message"
     assert got.message["Message-ID"] == "<ack1@example.net>"
-    body = got.message.get_content()
+    # Parsed from the wire bytes, so the body text keeps CRLF line ends.
+    body = got.message.get_content().replace("\r\n", "\n")
     assert ".\nA line with only a dot above." in body  # dot-stuffing undone
     assert "Grüße" in body
     assert got.raw.startswith(b"From: Complaints <complaints@example.net>\r\n")
@@ -299,6 +309,8 @@ def test_throwaway_database_is_usable_and_dropped() -> None:
         conn = engine.connect()
         assert conn.execute(sa.text("SELECT subject FROM cases")).scalar_one() == "Grüße"
     assert not database_exists(name)
+    conn.invalidate()  # its backend was terminated: close without ROLLBACK
+    conn.close()
     engine.dispose()
 
 

@@ -160,9 +160,9 @@ def _html_to_text(html: str) -> str:
 
 
 def _safe_filename(name: str) -> str:
-    name = decode_header_value(name)
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _CONTROL.sub("", name).strip(" .") or "attachment"
+    name = decode_header_value(_CONTROL.sub("", str(name)))
+    name = _CONTROL.sub("", name).replace("\\", "/").rsplit("/", 1)[-1]
+    name = name.strip(" .") or "attachment"
     return name[:200]
 
 
