@@ -160,3 +160,25 @@ def test_two_processes_get_unique_gap_free_numbers_on_postgresql(pg_url):
     db.close()
     numbers = sorted(int(re.search(r"-(\d+)$", r).group(1)) for r in refs)
     assert numbers == list(range(1, 2 * count + 1))
+
+
+def test_daemon_idles_and_answers_new_mail_as_it_arrives(tmp_path, dovecot, smtp_server, sqlite_url):
+    import threading
+
+    app = App.load(write_config(tmp_path, db_url=sqlite_url, dovecot=dovecot, smtp=smtp_server, staff=[]))
+    daemon = Daemon(app)
+    thread = threading.Thread(target=daemon.run_forever, daemon=True)
+    thread.start()
+    try:
+        for i, raw in enumerate(_complaints(2)):
+            dovecot.append(raw)
+            sent = smtp_server.wait_for(i + 1, timeout=15)
+            assert sent[-1].rcpt_tos == [f"person{i}@example.com"]
+        assert "IDLE" in daemon.mailbox.capabilities
+    finally:
+        daemon.stop()
+        thread.join(30)
+        daemon.close()
+    assert not thread.is_alive()
+    assert dovecot.uids("INBOX") == []
+    app.close()
