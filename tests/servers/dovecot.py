@@ -166,16 +166,23 @@ class DovecotServer:
         self.start_timeout = start_timeout
         self._user = user
         self._password = password
-        self._users: dict[str, str] = {user: password}
+        self._users: dict[str, str] = {}
         self._proc: subprocess.Popen | None = None
         self._port: int = free_port()
         self._started_once = False
         self._closed = False
         self._delimiter: str | None = None
-        self._users_mtime_ns = 0
+        self._mtimes: dict[str, int] = {}
 
         self.dir = Path(tempfile.mkdtemp(prefix="dv", dir="/tmp"))
+        try:
+            self._prepare_dir()
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         _LIVE.add(self)
+
+    def _prepare_dir(self) -> None:
         # mkdtemp makes 0700; Dovecot's login/auth processes run as other
         # users and must traverse it.
         os.chmod(self.dir, 0o755)
@@ -185,10 +192,14 @@ class DovecotServer:
         else:
             self._mail_uid, self._mail_gid = os.geteuid(), os.getegid()
         (self.dir / "state").mkdir()
+        (self.dir / "passwd.d").mkdir()
         self.mail_root.mkdir()
+        # Explicit modes: a restrictive umask must not lock Dovecot out.
+        os.chmod(self.dir / "passwd.d", 0o755)
+        os.chmod(self.mail_root, 0o755)
         if self._as_root:
             os.chown(self.mail_root, self._mail_uid, self._mail_gid)
-        self._write_users()
+        self.add_user(self._user, self._password)
 
     # -- properties -------------------------------------------------------
 
@@ -233,30 +244,44 @@ class DovecotServer:
     # -- users and config -------------------------------------------------
 
     def add_user(self, name: str, password: str) -> None:
-        """Add (or change) an IMAP user; works while the server runs.
+        """Add an IMAP user, or change a user's password; works while running.
 
-        Dovecot re-reads a passwd-file whose mtime changed, so no reload is
-        needed.  Each user gets its own Maildir under :attr:`mail_root`.
+        Each user gets its own Maildir under :attr:`mail_root`.  Dovecot
+        lowercases login names (``auth_username_format = %Lu``), so names are
+        stored lowercased.
+
+        Why one passwd file per user: Dovecot re-checks a passwd-file at most
+        once per second (per file), so a user added to a shared file right
+        after any login would stay unknown for up to a second.  A new file is
+        read on first use.  Changing the password of an existing user still
+        hits that rule, so then this call waits for the next full second
+        (only while the server runs).
         """
         _check_passwd_field("user name", name)
         _check_passwd_field("password", password)
-        self._users[name] = password
-        self._write_users()
+        key = name.lower()
+        existed = key in self._users
+        self._users[key] = password
+        if key == self._user.lower():
+            self._password = password
+        self._write_user(key)
+        if existed and self.running:
+            time.sleep(1.0 - time.time() % 1.0 + 0.01)
 
-    def _write_users(self) -> None:
-        path = self.dir / "users"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self._users.items()))
+    def _write_user(self, key: str) -> None:
+        path = self.dir / "passwd.d" / key
+        tmp = self.dir / f".passwd-{key}.tmp"
+        tmp.write_text(f"{key}:{{PLAIN}}{self._users[key]}\n")
         # Test credentials only; the auth process must be able to read it.
         os.chmod(tmp, 0o644)
+        # Dovecot notices a changed passwd-file by mtime (whole seconds) and
+        # size: make the mtime strictly increase even for a rewrite within the
+        # same second with the same size (a changed password).
+        st = os.stat(tmp)
+        mtime_ns = max(st.st_mtime_ns, self._mtimes.get(key, 0) + 1_000_000_000)
+        os.utime(tmp, ns=(st.st_atime_ns, mtime_ns))
+        self._mtimes[key] = mtime_ns
         os.replace(tmp, path)
-        # Dovecot notices a changed passwd-file by its mtime (in whole seconds)
-        # and size: make the mtime strictly increase even for two rewrites in
-        # the same second with the same size (a changed password).
-        st = os.stat(path)
-        mtime_ns = max(st.st_mtime_ns, self._users_mtime_ns + 1_000_000_000)
-        os.utime(path, ns=(st.st_atime_ns, mtime_ns))
-        self._users_mtime_ns = mtime_ns
 
     def _config(self) -> str:
         d = self.dir
@@ -266,8 +291,8 @@ class DovecotServer:
             chroot = ""
         else:
             # Non-root variant (design doc): every Dovecot process runs as us.
-            me = pwd.getpwuid(os.geteuid()).pw_name
-            group = grp.getgrgid(os.getegid()).gr_name
+            me = pwd.getpwuid(self._mail_uid).pw_name
+            group = grp.getgrgid(self._mail_gid).gr_name
             userdb_args = ""
             run_as = (
                 f"default_login_user = {me}\n"
@@ -296,9 +321,10 @@ first_valid_uid = {self._mail_uid}
 # Throwaway mail: no fsync, appends are faster.
 mail_fsync = never
 
+# One file per user, see add_user().
 passdb {{
   driver = passwd-file
-  args = {d}/users
+  args = {d}/passwd.d/%{{user}}
 }}
 userdb {{
   driver = static
@@ -475,7 +501,7 @@ service anvil {{
         if user is None:
             user, password = self._user, self._password
         elif password is None:
-            password = self._users[user]
+            password = self._users[user.lower()]
         mb = MailBoxUnencrypted(HOST, self._port, timeout=timeout)
         try:
             mb.login(user, password)
