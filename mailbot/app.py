@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailbot.config import Config, load_config
 from mailbot.db import Database
 from mailbot.letters import Letters
 from mailbot.policy.rules import Rules, load_rules
 from mailbot.transport.base import Mailbox, Sender
+
+if TYPE_CHECKING:
+    from mailbot.classify import Classifier
 
 
 @dataclass
@@ -29,6 +34,14 @@ class App:
     @classmethod
     def load(cls, path: str | Path) -> "App":
         return cls.from_config(load_config(path))
+
+    @cached_property
+    def classifier(self) -> "Classifier":
+        """Loaded on first use: commands that never classify do not pay for spaCy."""
+        from mailbot.classify import Classifier
+
+        return Classifier(self.rules, self.config.classifier.model_path,
+                          self.config.classifier.review_below)
 
     def open_mailbox(self) -> Mailbox:
         box = self.config.mailbox

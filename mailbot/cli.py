@@ -152,49 +152,140 @@ def cases_show(reference: str, config: str = ConfigOption) -> None:
     console.print(table)
 
 
+ModelOption = typer.Option(None, "--model", help="Trained model directory (default: classifier.model_path, else the shipped model).")
+
+
+def _classifier(config: str, rules: Optional[Path], model: Optional[Path] = None):
+    """A Classifier from the config (or just a rules directory, for trying rules out)."""
+    from mailbot.classify import Classifier
+    from mailbot.config import load_config
+    from mailbot.policy.rules import load_rules
+
+    model_dir, review_below, rules_dir = None, 0.6, rules
+    try:
+        cfg = load_config(config)
+        model_dir, review_below = cfg.classifier.model_path, cfg.classifier.review_below
+        rules_dir = rules_dir or cfg.rules.path
+    except ConfigError as exc:
+        if Path(config).exists():
+            _fail(str(exc))
+    try:
+        return Classifier(load_rules(rules_dir or Path("rules")), model or model_dir, review_below)
+    except RulesError as exc:
+        _fail("the rules are not valid:\n" + "\n".join(f"  - {p}" for p in exc.problems))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def classify(files: list[Path], config: str = ConfigOption,
              as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-             explain: bool = typer.Option(False, "--explain", help="Show the rules that decided it."),
-             rules: Optional[Path] = typer.Option(None, "--rules", help="Rules directory to use.")) -> None:
+             explain: bool = typer.Option(False, "--explain", help="Show the rules and scores that decided it."),
+             rules: Optional[Path] = typer.Option(None, "--rules", help="Rules directory to use."),
+             model: Optional[Path] = ModelOption) -> None:
     """Classify .eml files without storing or sending anything."""
-    from mailbot.classify import classify as run_classify
-    from mailbot.config import load_config
     from mailbot.intake.parse import ParseError, parse
-    from mailbot.policy.rules import load_rules
 
-    review_below = 0.6
-    rules_dir = rules
-    if rules_dir is None:
-        try:
-            cfg = load_config(config)
-            rules_dir, review_below = cfg.rules.path, cfg.classifier.review_below
-        except ConfigError:
-            rules_dir = Path("rules")
-    try:
-        loaded = load_rules(rules_dir)
-    except RulesError as exc:
-        _fail("the rules are not valid:\n" + "\n".join(f"  - {p}" for p in exc.problems))
+    classifier = _classifier(config, rules, model)
     for path in files:
         try:
             msg = parse(path.read_bytes())
         except (OSError, ParseError) as exc:
-            result = {"file": str(path), "error": str(exc)}
-            print(json.dumps(result)) if as_json else err.print(f"{path}: {exc}")
+            if as_json:
+                print(json.dumps({"file": str(path), "error": str(exc)}))
+            else:
+                err.print(escape(f"{path}: {exc}"))
             continue
-        c = run_classify(msg, loaded, review_below)
+        c = classifier.classify(msg)
         result = {"file": str(path), "label": c.label, "channel": c.channel, "flags": c.flags,
                   "reference": c.reference, "confidence": c.confidence,
                   "needs_review": c.needs_review, "reasons": c.reasons}
         if as_json:
             print(json.dumps(result))
-        else:
-            console.print(f"[bold]{escape(str(path))}[/]: {c.label} via {c.channel}, flags "
-                          f"{', '.join(c.flags) or '-'}, reference {c.reference or '-'}, "
-                          f"confidence {c.confidence:.2f}{' (needs review)' if c.needs_review else ''}")
-            if explain:
-                for reason in c.reasons:
-                    console.print(f"   - {reason}", highlight=False)
+            continue
+        console.print(f"[bold]{escape(str(path))}[/]: {c.label} via {c.channel}, flags "
+                      f"{', '.join(c.flags) or '-'}, reference {c.reference or '-'}, "
+                      f"confidence {c.confidence:.2f}{' (needs review)' if c.needs_review else ''}")
+        if explain:
+            for reason in c.reasons:
+                console.print(f"   - {escape(reason)}", highlight=False)
+
+
+@app.command()
+def train(config: str = ConfigOption,
+          rules: Optional[Path] = typer.Option(None, "--rules", help="Rules directory (training data in its training/)."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Where to write the model (default: classifier.model_path)."),
+          epochs: int = typer.Option(25, min=1, max=200)) -> None:
+    """Retrain the classifier from rules/training/*.jsonl and write the model."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mailbot.classify import model
+    from mailbot.config import load_config
+
+    rules_dir, out_dir = rules, out
+    try:
+        cfg = load_config(config)
+        rules_dir, out_dir = rules_dir or cfg.rules.path, out_dir or cfg.classifier.model_path
+    except ConfigError as exc:
+        if Path(config).exists():
+            _fail(str(exc))
+    rules_dir, out_dir = rules_dir or Path("rules"), out_dir or Path("var/model")
+    try:
+        examples = model.load_training(Path(rules_dir) / "training")
+    except model.TrainingDataError as exc:
+        _fail(f"the training data has problems:\n{exc}")
+    with Progress(TextColumn("training"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+                  TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("train", total=epochs, loss="")
+        nlp = model.train(examples, epochs=epochs, progress=lambda e, n, losses: bar.update(
+            task, completed=e, loss=f"loss {sum(losses.values()):.3f}"))
+    model.save(nlp, out_dir, model.training_fingerprint(examples), len(examples))
+    console.print(f"trained on {len(examples)} examples; model written to {out_dir}")
+
+
+@app.command("eval")
+def evaluate_cmd(directory: Path, config: str = ConfigOption,
+                 as_json: bool = typer.Option(False, "--json"),
+                 rules: Optional[Path] = typer.Option(None, "--rules", help="Rules directory to use."),
+                 show_mistakes: bool = typer.Option(False, "--mistakes", help="List every wrong answer."),
+                 model: Optional[Path] = ModelOption) -> None:
+    """Measure classification on a folder of .eml files with a labels.csv."""
+    from mailbot.classify.evaluate import EvalDataError, evaluate
+
+    classifier = _classifier(config, rules, model)
+    try:
+        result = evaluate(classifier, directory)
+    except EvalDataError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{result['messages']} messages: macro-F1 {result['macro_f1']:.3f}")
+    for column in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="right")
+    for label, m in result["labels"].items():
+        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    console.print(table)
+    confusion = Table(title="confusion (rows: expected, columns: predicted)")
+    confusion.add_column("")
+    labels = list(result["confusion"])
+    for label in labels:
+        confusion.add_column(label[:10], justify="right")
+    for label in labels:
+        confusion.add_row(label, *[str(result["confusion"][label][p]) for p in labels])
+    console.print(confusion)
+    flags = Table(title="flags")
+    for column in ("flag", "precision", "recall", "support"):
+        flags.add_column(column, justify="right")
+    for flag, m in result["flags"].items():
+        flags.add_row(flag, f"{m['precision']:.3f}", f"{m['recall']:.3f}", str(m["support"]))
+    console.print(flags)
+    console.print(f"channel accuracy {result['channel_accuracy']:.3f}; reference accuracy "
+                  f"{result['reference_accuracy']:.3f}; {result['needs_review']} would go to staff review")
+    if show_mistakes:
+        for m in result["mistakes"]:
+            console.print(escape(f"  {m['file']}: expected {m['expected']} got {m['got']} ({m['confidence']}) "
+                                 f"channel {m['channel']} flags {m['flags']}"), highlight=False)
 
 
 @rules_app.command("check")

@@ -21,7 +21,7 @@ from mailbot.app import App
 from mailbot.cases import registry
 from mailbot.cases.models import Case, Event, Message, utcnow
 from mailbot.cases.workflow import Route, decide
-from mailbot.classify import Classification, classify
+from mailbot.classify import Classification
 from mailbot.intake.parse import ParsedMessage, ParseError, parse
 from mailbot.letters import LetterError, build_email
 from mailbot.outbox import queue
@@ -125,7 +125,7 @@ def _is_own_mail(session: Session, app: App, msg: ParsedMessage) -> bool:
 
 
 def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage) -> Outcome:
-    cls = classify(msg, app.rules, app.config.classifier.review_below)
+    cls = app.classifier.classify(msg)
     row = Message(direction="in", dedupe_key=dedupe_key(msg, msg.sha256), message_id=msg.message_id,
                   in_reply_to=" ".join(msg.in_reply_to), references=" ".join(msg.references),
                   sender=msg.from_addr, recipients=",".join(msg.to), subject=msg.subject[:500],

@@ -1,20 +1,21 @@
 """Classify a message: what it is (label), how it came (channel), what risks it carries (flags),
-which case it refers to (reference), and why.
+which case it refers to (reference), how sure we are, and why.
 
-``classify(message) -> Classification`` is the stable interface; the stage behind it can be
-replaced (keyword rules today, a trained spaCy pipeline later) without touching callers.
+``Classifier.classify(message) -> Classification`` is the stable interface.  Behind it:
+screen (channel rules) -> text preparation (new text only) -> spaCy pipeline (a trained
+bag-of-words text classifier plus the admin's phrase rules from ``rules/classifier/``).
+``classify_many`` runs a batch through ``nlp.pipe`` for throughput.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from pathlib import Path
 
 from mailbot.intake.parse import ParsedMessage
 from mailbot.intake.screen import screen
-from mailbot.policy.rules import LABELS, Rules
+from mailbot.policy.rules import FLAGS, LABELS, Rules
 
 
 @dataclass
@@ -31,70 +32,81 @@ class Classification:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-@lru_cache(maxsize=1024)
-def _rx(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.IGNORECASE | re.MULTILINE)
-
-
-def find_reference(msg: ParsedMessage, rules: Rules) -> str | None:
-    """The registration number the message refers to: subject first, then body."""
+def find_reference(rules: Rules, *texts: str) -> str | None:
+    """The first registration number (in the rules' format) in the given texts, in order."""
     pattern = rules.reference.pattern()
-    for text in (msg.subject, msg.text):
+    for text in texts:
         match = pattern.search(text or "")
         if match:
             return match.group(0).upper()
     return None
 
 
-def _keyword_scores(text: str, rules: Rules) -> tuple[dict[str, int], list[str]]:
-    scores: dict[str, int] = {}
-    reasons: list[str] = []
-    for label, patterns in rules.keywords.labels.items():
-        for pattern in patterns:
-            hits = len(_rx(pattern).findall(text))
-            if hits:
-                scores[label] = scores.get(label, 0) + hits
-                reasons.append(f"{label}: {pattern!r} x{hits}")
-    return scores, reasons
+class Classifier:
+    def __init__(self, rules: Rules, model_dir: Path | None = None, review_below: float = 0.6):
+        from mailbot.classify import model
+        from mailbot.classify.patterns import RuleMatcher, load_patterns
 
+        self.rules = rules
+        self.nlp = model.load(model_dir)
+        self.patterns = load_patterns(rules.path) if rules.path else None
+        if self.patterns is not None and self.patterns.review_below is not None:
+            review_below = self.patterns.review_below
+        self.review_below = review_below
+        self.matcher = RuleMatcher(self.nlp, self.patterns) if self.patterns else None
 
-def detect_flags(text: str, rules: Rules) -> tuple[list[str], list[str]]:
-    flags, reasons = [], []
-    for flag, patterns in rules.keywords.flags.items():
-        for pattern in patterns:
-            match = _rx(pattern).search(text)
-            if match:
-                flags.append(flag)
-                reasons.append(f"flag {flag}: {match.group(0)!r}")
-                break
-    return flags, reasons
+    def classify(self, msg: ParsedMessage) -> Classification:
+        return self.classify_many([msg])[0]
 
+    def classify_many(self, messages: list[ParsedMessage]) -> list[Classification]:
+        from mailbot.classify.model import normalise
+        from mailbot.classify.prepare import prepare
 
-def classify(msg: ParsedMessage, rules: Rules, review_below: float = 0.6) -> Classification:
-    screening = screen(msg, rules)
-    reasons = list(screening.reasons)
-    reference = find_reference(msg, rules)
-    text = f"{msg.subject}\n{msg.text}"
+        screenings = [screen(m, self.rules) for m in messages]
+        prepared = [prepare(m.text, s.channel) for m, s in zip(messages, screenings)]
+        texts = [normalise(p.model_text(m.subject)) for m, p in zip(messages, prepared)]
+        results = []
+        for msg, scr, prep, doc in zip(messages, screenings, prepared, self.nlp.pipe(texts, batch_size=128)):
+            results.append(self._decide(msg, scr, prep, doc))
+        return results
 
-    if screening.channel == "auto_reply" or msg.machine_generated:
-        label, confidence = "other", 1.0
-        reasons.append(f"other: machine-generated ({msg.machine_generated or screening.channel})")
-        flags: list[str] = []
-    else:
-        scores, why = _keyword_scores(text, rules)
-        reasons += why
-        # appeal and withdrawal are about an existing complaint: they outrank the generic
-        # complaint/compliment words that such letters also contain.
-        priority = {"appeal": 3, "withdrawal": 3, "complaint": 1, "compliment": 1}
-        if scores:
-            label = max(scores, key=lambda k: (scores[k] * priority.get(k, 1), -LABELS.index(k)))
-            total = sum(scores.values())
-            confidence = round(0.5 + 0.5 * scores[label] / total, 3)
+    def _decide(self, msg, scr, prep, doc) -> Classification:
+        reasons = list(scr.reasons)
+        hits = self.matcher.match(doc) if self.matcher else {}
+        reference = find_reference(self.rules, msg.subject, prep.new_text, prep.quoted)
+
+        scores = {label: float(doc.cats.get(label, 0.0)) for label in LABELS}
+        top_model = max(scores, key=scores.get)
+        reasons.append("model: " + ", ".join(f"{l} {scores[l]:.2f}" for l in
+                                             sorted(scores, key=scores.get, reverse=True)[:3]))
+        for label, rule in (self.patterns.labels.items() if self.patterns else []):
+            found = hits.get(f"label:{label}")
+            if found:
+                scores[label] += rule.weight
+                reasons.append(f"rule {label} +{rule.weight}: {', '.join(sorted(set(found))[:3])!r}")
+        if scr.channel == "auto_reply":
+            label, confidence = "other", 1.0
+            reasons.append(f"other: {scr.channel} mail is never a case")
         else:
-            label, confidence = "other", 0.5
-            reasons.append("other: no label keyword found")
-        flags, why = detect_flags(text, rules)
-        reasons += why
-    return Classification(
-        label=label, channel=screening.channel, flags=flags, reference=reference,
-        confidence=confidence, reasons=reasons, needs_review=confidence < review_below)
+            label = max(scores, key=scores.get)
+            confidence = round(scores[label] / (sum(scores.values()) or 1.0), 3)
+            if label != top_model:
+                reasons.append(f"rules changed the label from {top_model} to {label}")
+
+        flags = []
+        for flag in FLAGS:
+            rule = self.patterns.flags.get(flag) if self.patterns else None
+            threshold = rule.threshold if rule else 0.5
+            found = hits.get(f"flag:{flag}")
+            probability = float(doc.cats.get(flag, 0.0))
+            if found:
+                flags.append(flag)
+                reasons.append(f"flag {flag}: rule {', '.join(sorted(set(found))[:3])!r}")
+            elif probability >= threshold:
+                flags.append(flag)
+                reasons.append(f"flag {flag}: model {probability:.2f} >= {threshold}")
+        if label == "other" and scr.channel == "auto_reply":
+            flags = [f for f in flags if f == "safeguarding"]  # a bounce is nobody's concern, but never drop a risk
+        return Classification(label=label, channel=scr.channel, flags=flags, reference=reference,
+                               confidence=confidence, reasons=reasons,
+                               needs_review=confidence < self.review_below)

@@ -1,0 +1,112 @@
+"""The rule layer of the classifier, read from ``rules/classifier/patterns.toml``.
+
+Admins write *phrases* (matched as whole words, any case, by spaCy's PhraseMatcher) and, if
+they want more control, spaCy token patterns (Matcher).  A label rule nudges the model's
+score for that label by its ``weight``; a flag rule raises the flag outright, because for
+safeguarding a false alarm costs a minute of someone's time and a miss can cost much more.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from spacy.language import Language
+from spacy.matcher import Matcher, PhraseMatcher
+
+from mailbot.policy.rules import FLAGS, LABELS, RulesError
+
+PATTERNS_FILE = "classifier/patterns.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PatternRule(_Strict):
+    phrases: list[str] = Field(default_factory=list)
+    patterns: list[list[dict[str, Any]]] = Field(default_factory=list)
+    weight: float = Field(0.3, ge=0, le=5)  # labels only
+    threshold: float = Field(0.5, gt=0, lt=1)  # flags only: model probability that raises it
+
+    @field_validator("phrases")
+    @classmethod
+    def _not_blank(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value.strip():
+                raise ValueError("a phrase is empty")
+        return values
+
+
+class PatternRules(_Strict):
+    review_below: float | None = Field(None, ge=0, le=1)
+    labels: dict[str, PatternRule] = Field(default_factory=dict)
+    flags: dict[str, PatternRule] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value):
+        for key in value:
+            if key not in LABELS:
+                raise ValueError(f"unknown label {key!r}; labels are {', '.join(LABELS)}")
+        return value
+
+    @field_validator("flags")
+    @classmethod
+    def _flags(cls, value):
+        for key in value:
+            if key not in FLAGS:
+                raise ValueError(f"unknown flag {key!r}; flags are {', '.join(FLAGS)}")
+        return value
+
+
+def load_patterns(rules_dir: Path) -> PatternRules:
+    path = Path(rules_dir) / PATTERNS_FILE
+    if not path.is_file():
+        return PatternRules()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RulesError([f"{path}: this is not valid TOML: {exc}"]) from None
+    try:
+        return PatternRules.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting (check the spelling)"
+            problems.append(f"{path}: {key}: {msg}")
+        raise RulesError(problems) from None
+
+
+class RuleMatcher:
+    """Compiled phrase and token patterns; ``match(doc)`` -> {"label:appeal": [hits], "flag:legal": [...]}"""
+
+    def __init__(self, nlp: Language, rules: PatternRules, source: str = PATTERNS_FILE):
+        self.rules = rules
+        self.phrases = PhraseMatcher(nlp.vocab, attr="LOWER")
+        self.tokens = Matcher(nlp.vocab)
+        problems = []
+        for kind, table in (("label", rules.labels), ("flag", rules.flags)):
+            for name, rule in table.items():
+                key = f"{kind}:{name}"
+                if rule.phrases:
+                    self.phrases.add(key, [nlp.make_doc(p) for p in rule.phrases])
+                for i, pattern in enumerate(rule.patterns):
+                    try:
+                        self.tokens.add(key, [pattern])
+                    except Exception as exc:  # noqa: BLE001 - spaCy's own validation message
+                        problems.append(f"{source}: {kind}s.{name}.patterns[{i}]: {exc}")
+        if problems:
+            raise RulesError(problems)
+
+    def match(self, doc) -> dict[str, list[str]]:
+        hits: dict[str, list[str]] = {}
+        vocab = doc.vocab
+        for match_id, start, end in list(self.phrases(doc)) + list(self.tokens(doc)):
+            hits.setdefault(vocab.strings[match_id], []).append(doc[start:end].text)
+        return hits
