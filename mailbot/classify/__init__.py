@@ -10,6 +10,7 @@ bag-of-words text classifier plus the admin's phrase rules from ``rules/classifi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,13 +33,22 @@ class Classification:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+_SHORT_REFERENCE = re.compile(r"\b(?:complaint\s+)?ref(?:erence)?(?:\s*(?:no\.?|number|#))?\s*[:.#-]?\s*(\d{3,6})\b",
+                              re.IGNORECASE)
+
+
 def find_reference(rules: Rules, *texts: str) -> str | None:
-    """The first registration number (in the rules' format) in the given texts, in order."""
+    """The registration number a message refers to: the rules' full format first, in the given
+    texts in order (subject, new text, quoted text); else a bare "ref 00144" as written."""
     pattern = rules.reference.pattern()
     for text in texts:
         match = pattern.search(text or "")
         if match:
             return match.group(0).upper()
+    for text in texts:
+        match = _SHORT_REFERENCE.search(text or "")
+        if match:
+            return match.group(1)
     return None
 
 
@@ -105,6 +115,10 @@ class Classifier:
             elif probability >= threshold:
                 flags.append(flag)
                 reasons.append(f"flag {flag}: model {probability:.2f} >= {threshold}")
+        if scr.channel == "web_form" and "anonymous" not in flags and not msg.reply_to and any(
+                re.search(r"e-?mail", k, re.I) and not v.strip() for k, v in prep.form_fields.items()):
+            flags.append("anonymous")
+            reasons.append("flag anonymous: the form was sent without an email address")
         if label == "other" and scr.channel == "auto_reply":
             flags = [f for f in flags if f == "safeguarding"]  # a bounce is nobody's concern, but never drop a risk
         return Classification(label=label, channel=scr.channel, flags=flags, reference=reference,

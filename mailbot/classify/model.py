@@ -28,6 +28,7 @@ from spacy.util import minibatch
 
 from mailbot.policy.rules import FLAGS, LABELS
 
+FLAG_OVERSAMPLE = 5
 SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
 _GENERIC_REFERENCE = re.compile(r"\b[A-Z]{2,6}[-/ ]?\d{2,4}[-/]\d{2,6}\b")
 
@@ -132,12 +133,17 @@ def train(examples: list[TrainingExample], epochs: int = 25, seed: int = 7,
     with nlp.select_pipes(enable=["textcat"]):
         optimizer = nlp.initialize(lambda: label_examples)
     flags.initialize(lambda: flag_examples, nlp=nlp, labels=list(FLAGS))
+    # Flags are rare (a few percent each), so flagged examples are shown to the flag model
+    # several times per epoch: a missed safeguarding concern costs far more than a false alarm.
+    flag_order = [i for i, ex in enumerate(examples) for _ in range(FLAG_OVERSAMPLE if ex.flags else 1)]
     order = list(range(len(examples)))
     for epoch in range(1, epochs + 1):
         random.shuffle(order)
+        random.shuffle(flag_order)
         losses: dict[str, float] = {}
         for batch in minibatch(order, size=16):
             textcat.update([label_examples[i] for i in batch], sgd=optimizer, losses=losses, drop=0.2)
+        for batch in minibatch(flag_order, size=16):
             flags.update([flag_examples[i] for i in batch], sgd=optimizer, losses=losses, drop=0.2)
         if progress:
             progress(epoch, epochs, losses)

@@ -25,8 +25,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Together(_Strict):
+    """Fires when a phrase from *every* group appears in the message (e.g. a child + a harm)."""
+
+    name: str
+    groups: list[list[str]] = Field(min_length=2)
+
+
 class PatternRule(_Strict):
     phrases: list[str] = Field(default_factory=list)
+    together: list[Together] = Field(default_factory=list)
     patterns: list[list[dict[str, Any]]] = Field(default_factory=list)
     weight: float = Field(0.3, ge=0, le=5)  # labels only
     threshold: float = Field(0.5, gt=0, lt=1)  # flags only: model probability that raises it
@@ -96,6 +104,9 @@ class RuleMatcher:
                 key = f"{kind}:{name}"
                 if rule.phrases:
                     self.phrases.add(key, [nlp.make_doc(p) for p in rule.phrases])
+                for t in rule.together:
+                    for g, group in enumerate(t.groups):
+                        self.phrases.add(f"{key}|{t.name}|{g}", [nlp.make_doc(p) for p in group])
                 for i, pattern in enumerate(rule.patterns):
                     try:
                         self.tokens.add(key, [pattern])
@@ -106,7 +117,19 @@ class RuleMatcher:
 
     def match(self, doc) -> dict[str, list[str]]:
         hits: dict[str, list[str]] = {}
+        groups: dict[tuple[str, str], dict[int, str]] = {}
         vocab = doc.vocab
         for match_id, start, end in list(self.phrases(doc)) + list(self.tokens(doc)):
-            hits.setdefault(vocab.strings[match_id], []).append(doc[start:end].text)
+            key = vocab.strings[match_id]
+            if "|" in key:
+                rule_key, name, group = key.split("|")
+                groups.setdefault((rule_key, name), {}).setdefault(int(group), doc[start:end].text)
+            else:
+                hits.setdefault(key, []).append(doc[start:end].text)
+        for (rule_key, name), found in groups.items():
+            table = self.rules.labels if rule_key.startswith("label:") else self.rules.flags
+            rule = table[rule_key.split(":", 1)[1]]
+            together = next(t for t in rule.together if t.name == name)
+            if len(found) == len(together.groups):
+                hits.setdefault(rule_key, []).append(f"{name}: " + " + ".join(found[g] for g in sorted(found)))
         return hits

@@ -39,9 +39,11 @@ _SIGNATURE_STARTS = [
 ]
 _FORM_FIELD = re.compile(r"^\s*([A-Z][A-Za-z /()'?-]{1,40})\s*:\s*(.*)$", re.M)
 _MESSAGE_FIELDS = re.compile(
-    r"^(message|your message|comments?|enquiry|details|description|feedback|tell us more|"
-    r"what happened|your (enquiry|feedback|complaint|comments?)|how can we help|question)\b", re.I)
-_CATEGORY_FIELDS = re.compile(r"(type|category|subject|topic|reason|regarding|department)", re.I)
+    r"^\s*(message|message body|message text|text|sms|sms text|body|your message|comments?|enquiry|"
+    r"your enquiry|details|description|feedback|your feedback|tell us more|what happened|"
+    r"your (complaint|comments?)|how can we help( you)?|question|your question)\s*[:?]?\s*$", re.I)
+_FORM_FOOTER = re.compile(r"^\s*(response id|submitted|submission id|view all|source page|ip address|"
+                          r"sent from|user agent|entry id|form id|referrer|-{3,})\b", re.I)
 _SOCIAL_BOILERPLATE = re.compile(
     r"(https?://|unsubscribe|this (message|email) was sent to|notification|reply in (inbox|messenger)|"
     r"view (message|conversation|on)|manage (your )?(email|notification)|privacy policy|"
@@ -94,6 +96,28 @@ def split_signature(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+def form_message(text: str) -> str | None:
+    """The message a form relay carries, whether as ``Message: ...`` or as a label line
+    ("Your message") followed by the text; ``None`` when there is no such field."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        label, sep, rest = line.partition(":")
+        inline = bool(sep) and _MESSAGE_FIELDS.match(label) and rest.strip()
+        if not inline and not _MESSAGE_FIELDS.match(line):
+            continue
+        body = [rest.strip()] if inline else []
+        for following in lines[i + 1:]:
+            if _FORM_FOOTER.match(following) or (
+                    _FORM_FIELD.match(following) and not following.lower().startswith(("http", "ps"))
+                    and len(following.split(":", 1)[0].split()) <= 4 and body):
+                break
+            body.append(following)
+        found = "\n".join(body).strip()
+        if found:
+            return found
+    return None
+
+
 def form_fields(text: str) -> dict[str, str]:
     """``Field: value`` pairs of a web-form relay; a multi-line value runs to the next field."""
     fields: dict[str, str] = {}
@@ -109,11 +133,11 @@ def prepare(text: str, channel: str = "email") -> Prepared:
     text = _ZERO_WIDTH.sub("", text or "").replace("\r\n", "\n").replace("\xa0", " ")
     new, quoted = split_quoted(text)
     fields: dict[str, str] = {}
-    if channel == "web_form":
+    if channel in ("web_form", "sms_gateway", "social_media"):
         fields = form_fields(new)
-        message = [v for k, v in fields.items() if _MESSAGE_FIELDS.match(k)]
+        message = form_message(new)
         if message:
-            new = "\n".join(message)
+            new = message
     new, signature = split_signature(new)
     if channel == "social_media":
         lines = [ln for ln in new.split("\n") if not _SOCIAL_BOILERPLATE.search(ln)]
