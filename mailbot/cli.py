@@ -30,7 +30,7 @@ app.add_typer(cases_app, name="cases")
 app.add_typer(rules_app, name="rules")
 
 console = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never break a file path or a key in two
 DEFAULT_CONFIG = os.environ.get("MAILBOT_CONFIG", "config.toml")
 ConfigOption = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config file (TOML).")
 

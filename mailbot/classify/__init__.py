@@ -121,6 +121,10 @@ class Classifier:
             reasons.append("flag anonymous: the form was sent without an email address")
         if label == "other" and scr.channel == "auto_reply":
             flags = [f for f in flags if f == "safeguarding"]  # a bounce is nobody's concern, but never drop a risk
+        needs_review = confidence < self.review_below
+        if label == "other" and "safeguarding" in flags:
+            # never let a possible risk of harm be filed away as "not a case" by the model alone
+            needs_review = True
+            reasons.append("review: safeguarding signs in a message the model sees as 'other'")
         return Classification(label=label, channel=scr.channel, flags=flags, reference=reference,
-                               confidence=confidence, reasons=reasons,
-                               needs_review=confidence < self.review_below)
+                               confidence=confidence, reasons=reasons, needs_review=needs_review)
