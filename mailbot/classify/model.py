@@ -51,9 +51,12 @@ class TrainingDataError(Exception):
     pass
 
 
+MODEL_TEXT_CHARS = 4000  # the gist of a letter is in its first pages; the rest only costs time
+
+
 def normalise(text: str) -> str:
     """What the model reads: registration numbers become one token, whatever their format."""
-    return _GENERIC_REFERENCE.sub(" REFNUM ", text)
+    return _GENERIC_REFERENCE.sub(" REFNUM ", text[:MODEL_TEXT_CHARS])
 
 
 def load_training(directory: Path, extra: Iterable[Path] = ()) -> list[TrainingExample]:

@@ -27,6 +27,8 @@ _REPLY_HEADERS = [
     re.compile(r"^\s*on\b.{4,250}?\bwrote\s*:\s*$", re.I | re.M | re.S),
     re.compile(r"^\s*(le|am)\b.{4,200}?\b(a écrit|schrieb)\s*:\s*$", re.I | re.M | re.S),
 ]
+_UNUSUAL_QUOTE_HINT = re.compile(r"\b(wrote|schrieb|écrit|escribió|scritto|napisał|skrev|geschreven)\b|^-{3,}",
+                                 re.I | re.M)
 _SIGNATURE_STARTS = [
     re.compile(r"^-- ?$", re.M),
     re.compile(r"^\s*(sent from my|sent from outlook|get outlook for|sent via|sent using|sent from yahoo|"
@@ -76,10 +78,14 @@ def split_quoted(text: str) -> tuple[str, str]:
     """(new text, quoted history)."""
     cut = _first_match(_REPLY_HEADERS, text)
     head, tail = (text[:cut], text[cut:]) if cut is not None else (text, "")
-    try:
-        parts = quotequail.quote(head)
-    except Exception:  # noqa: BLE001 - a library hiccup must not stop classification
-        parts = [(True, head)]
+    parts = [(True, head)]
+    if _UNUSUAL_QUOTE_HINT.search(head):
+        # quotequail knows many more reply-header shapes (wrapped, other languages) but is
+        # slow on long mail, so it is asked only when such a header may be left uncut
+        try:
+            parts = quotequail.quote(head)
+        except Exception:  # noqa: BLE001 - a library hiccup must not stop classification
+            parts = [(True, head)]
     new = "\n".join(p for keep, p in parts if keep)
     quoted = "\n".join(p for keep, p in parts if not keep)
     lines = new.split("\n")
