@@ -53,6 +53,10 @@ class App:
             return ImapMailbox(box.host, box.port, box.security, box.username or "",
                                box.resolve_password(), box.folder, box.processed_folder,
                                box.quarantine_folder, box.poll_seconds, box.timeout_seconds)
+        if box.kind == "ews":
+            from mailbot.transport.ews import EwsMailbox, settings_from_config
+            return EwsMailbox(settings_from_config(box), box.folder, box.processed_folder,
+                              box.quarantine_folder, box.poll_seconds)
         raise NotImplementedError(f"mailbox.kind = {box.kind!r} is not available in this version")
 
     def open_sender(self) -> Sender:
@@ -60,6 +64,9 @@ class App:
         if out.kind == "folder":
             from mailbot.transport.folder import FolderSender
             return FolderSender(out.path)
+        if out.kind == "ews":  # through the Exchange mailbox configured in [mailbox]
+            from mailbot.transport.ews import EwsSender, settings_from_config
+            return EwsSender(settings_from_config(self.config.mailbox))
         from mailbot.transport.smtp import SmtpSender
         return SmtpSender(out.host, out.port, out.security, out.username, out.resolve_password(),
                           out.timeout_seconds)

@@ -49,6 +49,12 @@ class MailboxConfig(_Section):
     client_id: str | None = None
     tenant_id: str | None = None
     client_secret_env: str | None = None
+    # Exchange build such as "15.1.2507.6" (Exchange 2016 CU23): skips exchangelib's version
+    # probe; empty means ask the server on first use.
+    ews_version: str | None = Field(None, pattern=r"^\d+(\.\d+){1,3}$")
+    # How long, in total, to honour Exchange's "server busy, back off N ms" answers within one
+    # round before giving up until the next round (0: never wait, fail at once).
+    ews_max_wait_seconds: float = Field(120, ge=0)
 
     @model_validator(mode="after")
     def _check_kind(self) -> "MailboxConfig":
@@ -56,14 +62,32 @@ class MailboxConfig(_Section):
             raise ValueError("path is required when kind = \"maildir\"")
         if self.kind == "imap" and not self.username:
             raise ValueError("username is required when kind = \"imap\"")
+        if self.kind == "ews":
+            if not self.ews_url or not self.primary_smtp_address:
+                raise ValueError("ews_url and primary_smtp_address are required when kind = \"ews\"")
+            if self.auth_type == "oauth2" and not (self.client_id and self.tenant_id
+                                                   and self.client_secret_env):
+                raise ValueError("client_id, tenant_id and client_secret_env are required when "
+                                 "auth_type = \"oauth2\"")
+            if self.auth_type in ("basic", "ntlm") and not self.username:
+                raise ValueError(f"username is required when auth_type = \"{self.auth_type}\"")
         return self
+
+    def resolve_client_secret(self) -> str:
+        """The OAuth2 client secret, read from the environment variable client_secret_env."""
+        if self.client_secret_env and self.client_secret_env in os.environ:
+            return os.environ[self.client_secret_env]
+        raise ConfigError(f"mailbox.client_secret_env: environment variable "
+                          f"{self.client_secret_env} is not set")
 
     def resolve_password(self) -> str:
         return _secret(self.password, self.password_env, "mailbox")
 
 
 class OutgoingConfig(_Section):
-    kind: Literal["folder", "smtp"] = "folder"
+    # "ews": send through the Exchange mailbox of [mailbox] (kind = "ews" there), with its
+    # connection settings; letters are saved in its Sent Items and thread in Outlook.
+    kind: Literal["folder", "smtp", "ews"] = "folder"
     path: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(587, ge=1, le=65535)
@@ -125,6 +149,13 @@ class Config(_Section):
     staff: StaffConfig = StaffConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check_outgoing_ews(self) -> "Config":
+        if self.outgoing.kind == "ews" and self.mailbox.kind != "ews":
+            raise ValueError("outgoing.kind = \"ews\" sends through the Exchange mailbox, so it "
+                             "needs mailbox.kind = \"ews\"")
+        return self
 
 
 def _secret(value: str | None, env: str | None, section: str) -> str:

@@ -6,6 +6,7 @@ Fixtures:
     pg_url       -- SQLAlchemy URL of a throwaway PostgreSQL database
     sqlite_url   -- SQLAlchemy URL of a SQLite file in tmp_path
     db_url       -- parametrized: ids "sqlite" and "postgresql"
+    ews_server   -- started EwsFake (Exchange Web Services, Basic auth "complaints"/"secret")
 """
 
 from __future__ import annotations
@@ -53,3 +54,25 @@ def db_url(request: pytest.FixtureRequest) -> str:
     # getfixturevalue: the sqlite variant must not need a PostgreSQL server.
     name = "pg_url" if request.param == "postgresql" else "sqlite_url"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def ews_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A strict fake EWS endpoint (tests/servers/ews_fake.py); fails the test if mailbot sent it
+    any request it did not expect.
+
+    exchangelib keeps protocol objects (with their retry policy and HTTP sessions) per endpoint
+    for the whole process: they are dropped after each test, and its 10 s retry pause is
+    shortened so a test of a failure stays quick."""
+    import exchangelib
+    from exchangelib.protocol import BaseProtocol
+
+    from tests.servers.ews_fake import EwsFake
+
+    monkeypatch.setattr(BaseProtocol, "RETRY_WAIT", 0.05)
+    server = EwsFake(user="complaints", password="secret")
+    request.addfinalizer(exchangelib.close_connections)
+    request.addfinalizer(server.stop)
+    server.start()
+    yield server
+    assert not server.problems, "unexpected EWS requests:\n" + "\n".join(server.problems)
