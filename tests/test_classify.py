@@ -155,3 +155,18 @@ def test_quality_on_mail_never_trained_on():
     assert report["flags"]["legal"]["recall"] >= 0.9
     assert report["channel_accuracy"] >= 0.95
     assert set(report["confusion"]) == {"complaint", "compliment", "appeal", "withdrawal", "other"}
+
+
+@pytest.mark.parametrize("sender, subject, headers, body, channel", [
+    ("+447700900123 <447700900123@relay.example.net>", "SMS from +447700900123", {}, "late again", "sms_gateway"),
+    ("Hub <inbound@hub.example.net>", "message", {"X-Hub-SMS-From": "+447700900954"}, "thanks", "sms_gateway"),
+    ("Nextdoor <no-reply@rs.email.nextdoor.example.com>", "posts", {}, "digest", "social_media"),
+    ("Typeform <notifications@typeform.example.com>", "Contact us: New response from Eleri", {}, "x", "web_form"),
+    ("Site <wordpress@org.example.org>", "[Site] Concern", {}, "Message Body:\nhelp\n", "web_form"),
+    ("Jo <jo@example.com>", "Automatic reply: your letter", {}, "away", "auto_reply"),
+    ("Jo <jo@example.com>", "My complaint", {}, "I was sent by SMS a reminder that never came true.", "email"),
+    ("Jo <jo@example.com>", "My complaint", {"Auto-Submitted": "no"}, "rude staff", "email"),
+])
+def test_channel_rules(classifier, sender, subject, headers, body, channel):
+    msg = parse(make_mail(sender=sender, subject=subject, headers=headers, body=body))
+    assert classifier.classify(msg).channel == channel

@@ -37,6 +37,15 @@ def _matches(rule: ChannelRule, msg: ParsedMessage) -> str | None:
         wanted = wanted.lower()
         if domain == wanted or domain.endswith("." + wanted):
             return f"sender domain {domain}"
+    labels = set(domain.split("."))
+    for word in rule.sender_domain_words:
+        if word.lower() in labels:
+            return f"sender domain {domain} ({word})"
+    for pattern in rule.header_patterns:
+        rx = _compile(pattern)
+        for name in msg.headers:
+            if rx.search(name):
+                return f"header {name} matches {pattern!r}"
     for name in rule.headers:
         value = msg.header(name)
         if value is not None and value.strip().lower() != "no":  # "Auto-Submitted: no" is human

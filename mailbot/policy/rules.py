@@ -74,12 +74,15 @@ class ChannelRule(_Strict):
     """Signs that a message came through a channel other than a person's own email."""
 
     sender_domains: list[str] = Field(default_factory=list)
+    # a word that is one whole part of the sender's domain, e.g. "nextdoor" in rs.email.nextdoor.co.uk
+    sender_domain_words: list[str] = Field(default_factory=list)
     sender_patterns: list[str] = Field(default_factory=list)  # regexes on the From address
     headers: list[str] = Field(default_factory=list)  # presence of any of these headers
+    header_patterns: list[str] = Field(default_factory=list)  # regexes on header *names*
     subject_patterns: list[str] = Field(default_factory=list)  # regexes on the subject
     body_patterns: list[str] = Field(default_factory=list)  # regexes on the body text
 
-    @field_validator("sender_patterns", "subject_patterns", "body_patterns")
+    @field_validator("sender_patterns", "header_patterns", "subject_patterns", "body_patterns")
     @classmethod
     def _compiles(cls, values: list[str]) -> list[str]:
         for value in values:
