@@ -31,6 +31,7 @@ app.add_typer(rules_app, name="rules")
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, soft_wrap=True)  # never break a file path or a key in two
+TABLE_ROWS = 50  # a backlog of thousands is summarised, not printed line by line
 DEFAULT_CONFIG = os.environ.get("MAILBOT_CONFIG", "config.toml")
 ConfigOption = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config file (TOML).")
 
@@ -83,10 +84,17 @@ def run(config: str = ConfigOption,
         for column in ("#", "action", "reference", "label", "channel"):
             table.add_column(column, no_wrap=True)
         table.add_column("why", overflow="fold")
-        for number, o in enumerate(report.outcomes, 1):
+        for number, o in enumerate(report.outcomes[:TABLE_ROWS], 1):
             table.add_row(str(number), o.action, o.reference or "", o.label, o.channel,
                           escape(o.detail[:120]))
+        if len(report.outcomes) > TABLE_ROWS:
+            table.caption = f"(first {TABLE_ROWS} shown)"
         console.print(table)
+        counts: dict[str, int] = {}
+        for o in report.outcomes:
+            counts[o.action] = counts.get(o.action, 0) + 1
+        if counts:
+            console.print("; ".join(f"{action}: {n}" for action, n in sorted(counts.items())))
         console.print(f"sent {report.sent} message(s)"
                       + (f", {report.send_retries} to retry" if report.send_retries else "")
                       + (f", {report.send_failures} failed" if report.send_failures else ""))
@@ -301,6 +309,30 @@ def rules_check(directory: Path = typer.Argument(Path("rules"))) -> None:
             err.print(f"  - {problem}", highlight=False)
         raise typer.Exit(1)
     console.print(f"{directory}: rules are valid")
+
+
+@app.command()
+def doctor(config: str = ConfigOption,
+           send_test: Optional[str] = typer.Option(
+               None, "--send-test", metavar="ADDRESS",
+               help="Also send a test message to ADDRESS through the outgoing settings.")) -> None:
+    """Check the mailbox and outgoing mail settings for real, and explain each problem."""
+    from mailbot.config import load_config
+    from mailbot.doctor import run as run_doctor
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    checks = run_doctor(cfg, send_test)
+    for check in checks:
+        mark = "[green]ok  [/]" if check.ok else "[bold red]FAIL[/]"
+        console.print(f"{mark} {check.section}: {escape(check.step)}: {escape(check.detail)}")
+        if not check.ok and check.advice:
+            console.print(f"     what to do: {escape(check.advice)}", highlight=False)
+    failed = [c for c in checks if not c.ok]
+    console.print("all checks passed" if not failed else f"{len(failed)} check(s) failed")
+    raise typer.Exit(1 if failed else 0)
 
 
 def main() -> None:  # pragma: no cover
