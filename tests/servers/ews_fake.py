@@ -146,6 +146,7 @@ class EwsFake:
         self.problems: list[str] = []
         self._busy_left = 0
         self._busy_back_off_ms = 50
+        self._busy_operation: str | None = None
         self.busy_answered = 0
         self._failures: dict[str, list[tuple[str, str, int]]] = {}
         self._clock = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
@@ -241,10 +242,12 @@ class EwsFake:
                            key=lambda i: i.received)
             return [i.mime for i in items]
 
-    def busy(self, times: int, back_off_ms: int = 50) -> None:
-        """Answer the next ``times`` requests with ErrorServerBusy (HTTP 500 SOAP fault)."""
+    def busy(self, times: int, back_off_ms: int = 50, operation: str | None = None) -> None:
+        """Answer the next ``times`` requests (of ``operation`` only, if given) with
+        ErrorServerBusy: a SOAP fault on HTTP 500 asking to back off ``back_off_ms``."""
         with self._lock:
             self._busy_left, self._busy_back_off_ms = times, back_off_ms
+            self._busy_operation = operation
 
     def fail(self, operation: str, code: str = "ErrorAccessDenied",
              text: str = "Access is denied. Check credentials and try again.", times: int = 1) -> None:
@@ -271,10 +274,6 @@ class EwsFake:
             if headers.get("Authorization") != expected:
                 return 401, {"WWW-Authenticate": f'Basic realm="{HOST}"'}, b""
         with self._lock:
-            if self._busy_left > 0:
-                self._busy_left -= 1
-                self.busy_answered += 1
-                return 500, {}, _busy_fault(self._busy_back_off_ms)
             try:
                 envelope = ET.fromstring(body)
             except ET.ParseError as exc:
@@ -283,6 +282,11 @@ class EwsFake:
             try:
                 op_elem = self._validate_envelope(headers, envelope)
                 op = op_elem.tag.removeprefix(f"{{{MNS}}}")
+                if self._busy_left > 0 and self._busy_operation in (None, op):
+                    # throttled before any work is done, as Exchange does
+                    self._busy_left -= 1
+                    self.busy_answered += 1
+                    return 500, {}, _busy_fault(self._busy_back_off_ms)
                 self.operations.append(op)
                 self.requests.append((op, body))
                 handler = getattr(self, f"_op_{op}", None)
@@ -726,3 +730,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+
+def mailbox_config(fake: EwsFake, **overrides) -> str:
+    """A ``[mailbox]`` TOML section that points mailbot at ``fake`` (Basic auth, explicit
+    version so exchangelib does not probe, short timeouts)."""
+    values = {"kind": "ews", "ews_url": fake.url, "primary_smtp_address": fake.mailbox,
+              "auth_type": "basic" if fake.user else "none", "username": fake.user or "",
+              "password": fake.password or "", "ews_version": "15.1.2507.6", "poll_seconds": 1,
+              "timeout_seconds": 10, "ews_max_wait_seconds": 5}
+    values.update(overrides)
+    lines = ["[mailbox]"]
+    for key, value in values.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {value}" if isinstance(value, (int, float)) and not isinstance(value, bool)
+                     else f"{key} = {str(value).lower()}" if isinstance(value, bool)
+                     else f'{key} = "{value}"')
+    return "\n".join(lines) + "\n"
