@@ -37,7 +37,9 @@ class Letter:
 
 def header_safe(value: str, limit: int = 250) -> str:
     """Collapse anything that could break out of a header line (CR/LF injection)."""
-    return " ".join(_LINEBREAKS.sub(" ", value or "").split())[:limit]
+    # splitlines() also breaks on \x85, \u2028 and \u2029, which the email package refuses
+    value = " ".join((value or "").splitlines())
+    return " ".join(_LINEBREAKS.sub(" ", value).split())[:limit]
 
 
 class Letters:
@@ -76,7 +78,7 @@ def build_email(letter: Letter, *, sender: str, to: list[str], in_reply_to: str 
     name, addr = parseaddr(sender)
     msg["From"] = formataddr((header_safe(name), addr))
     msg["To"] = ", ".join(header_safe(a) for a in to)
-    msg["Subject"] = letter.subject
+    msg["Subject"] = header_safe(letter.subject)  # again here: no caller can forget it
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = make_msgid(domain=addr.rsplit("@", 1)[-1] or "mailbot.invalid")
     if in_reply_to:
