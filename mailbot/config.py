@@ -138,7 +138,7 @@ class StaffConfig(_Section):
 
 class ClassifierConfig(_Section):
     model_path: Path = Path("var/model")
-    review_below: float = Field(0.6, ge=0, le=1)
+    review_below: float = Field(0.5, ge=0, le=1)
 
 
 class Config(_Section):
