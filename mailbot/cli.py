@@ -296,6 +296,45 @@ def evaluate_cmd(directory: Path, config: str = ConfigOption,
                                  f"channel {m['channel']} flags {m['flags']}"), highlight=False)
 
 
+@app.command("export-person")
+def export_person_cmd(address: str, out: Path = typer.Option(..., "--out", help="Folder to write the bundle to."),
+                      config: str = ConfigOption,
+                      notes: bool = typer.Option(True, "--notes/--no-notes",
+                                                 help="Include staff-only notes (default) or leave them out."),
+                      redact: list[str] = typer.Option([], "--redact", help="A third party's name to redact (repeatable).")) -> None:
+    """Everything held about one person (subject access request): HTML index, original .eml files, JSON."""
+    from mailbot.privacy import export_person
+
+    application = _load(config)
+    domains = {application.config.outgoing.from_address.rsplit("@", 1)[-1]}
+    domains |= {a.rsplit("@", 1)[-1] for a in application.config.staff.notify if "@" in a}
+    summary = export_person(application.db, address, out, organisation_domains=domains,
+                            include_notes=notes, redact=redact)
+    console.print(f"{summary.cases} case(s), {summary.messages} message(s) ({summary.originals} original .eml), "
+                  f"{summary.events} event(s) written to {summary.path}/index.html")
+
+
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(config: str = ConfigOption) -> None:
+    """Check the hash chain of every event; exit 1 if any row was edited or deleted."""
+    from mailbot.audit import verify
+
+    application = _load(config)
+    with application.db.session() as session:
+        result = verify(session)
+    if result.ok:
+        console.print(f"audit trail intact: {result.events} event(s) verified")
+        return
+    err.print(f"[bold red]audit trail broken:[/] {len(result.problems)} problem(s)")
+    for problem in result.problems:
+        err.print(f"  - {escape(problem)}", highlight=False)
+    raise typer.Exit(1)
+
+
 @rules_app.command("check")
 def rules_check(directory: Path = typer.Argument(Path("rules"))) -> None:
     """Validate a rules directory; every problem is listed with its file and key."""

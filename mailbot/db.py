@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
+from mailbot import audit  # noqa: F401 - registers the audit chain hook and its table
 from mailbot.cases import models  # noqa: F401 - registers the tables
 
 

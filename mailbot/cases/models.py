@@ -12,7 +12,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import Column, Index, LargeBinary, Text
+from sqlalchemy import Column, DateTime, Index, LargeBinary, Text
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 _clock_override: list[datetime] = []
@@ -84,6 +85,9 @@ class Event(SQLModel, table=True):
     actor: str  # "system", a staff address, or the complainant's address
     action: str
     detail: str = Field(default="", sa_column=Column(Text, default=""))
+    # tamper evidence (see mailbot/audit.py): set automatically when the row is inserted
+    prev_hash: str = ""
+    hash: str = ""
 
 
 class Counter(SQLModel, table=True):
@@ -91,3 +95,63 @@ class Counter(SQLModel, table=True):
 
     name: str = Field(primary_key=True)
     value: int = 0
+
+
+class UTCDateTime(TypeDecorator):
+    """A moment stored as naive UTC and read back timezone-aware, on SQLite and PostgreSQL
+    alike, so due dates compare with ``utcnow()`` without surprises."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+def _moment(nullable: bool = True):
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+class Deadline(SQLModel, table=True):
+    """A time limit the policy promises, computed once when its clock starts and then kept.
+
+    ``name``: acknowledge | respond | pass_to_owner (stage 0, the complaint itself) or
+    appeal_window | appeal_acknowledge | appeal_respond (stage 1, 2, ...: the appeal stages).
+    ``rule`` is the policy's own words ("28 working days"), kept for the record.  An extension
+    keeps the original date in ``extended_from``: a date once promised is never silently moved.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="case.id", index=True)
+    name: str
+    stage: int = 0
+    rule: str = ""
+    started_at: Optional[datetime] = _moment()
+    due_at: Optional[datetime] = _moment()
+    met_at: Optional[datetime] = _moment()
+    extended_from: Optional[datetime] = _moment()
+    created_at: Optional[datetime] = Field(default_factory=utcnow,
+                                           sa_column=Column(UTCDateTime(), nullable=True))
+
+
+class CaseProgress(SQLModel, table=True):
+    """Where a case stands in its policy's procedure, beside ``Case.status`` (a separate table so
+    that databases created before it need no migration).
+
+    ``stage``: 0 while the complaint itself is handled, N once appeal stage N is under way.
+    ``substitutions``: conflict-of-interest replacements for this case, JSON {"ceo": "chair"}.
+    ``resume_status``: where a case paused for legal action goes back to.
+    """
+
+    case_id: int = Field(foreign_key="case.id", primary_key=True)
+    stage: int = 0
+    owner_role: str = ""
+    substitutions: str = ""
+    resume_status: str = ""
+    publish: str = ""  # compliments: never | anonymised | with_permission
+    outcome_at: Optional[datetime] = _moment()

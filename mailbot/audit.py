@@ -1,0 +1,98 @@
+"""A tamper-evident audit trail: every Event is chained to the one before it by a SHA-256 hash.
+
+The hash of an event covers its own fields and the previous event's hash, so editing any row
+breaks its own hash, deleting a row breaks the next row's link, and deleting rows at the end
+is caught by the chain head kept in its own table.  Hashes are computed in a ``before_insert``
+hook, so no code that records an event can forget it; the head row is locked (``FOR UPDATE``)
+for the rest of the transaction, so two daemons on one PostgreSQL database append in turn
+instead of forking the chain.  ``verify()`` is what ``mailbot audit verify`` runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from sqlalchemy import event, text, update
+from sqlalchemy.engine import Connection
+from sqlmodel import Field, Session, SQLModel, col
+from sqlmodel import select as sql_select
+
+from mailbot.cases.models import Event
+
+GENESIS = "0" * 64
+
+
+class AuditHead(SQLModel, table=True):
+    """The hash of the newest event: catches rows deleted from the end of the chain."""
+
+    id: int = Field(default=1, primary_key=True)
+    last_hash: str = GENESIS
+    count: int = 0
+
+
+def event_hash(prev_hash: str, ev: Event) -> str:
+    at = ev.at.isoformat() if ev.at is not None else ""
+    payload = json.dumps([prev_hash, ev.case_id, ev.message_id, at, ev.actor, ev.action, ev.detail or ""],
+                         ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _head(connection: Connection) -> dict:
+    """The chain head for this transaction, locked on first use."""
+    txn = connection.get_transaction()
+    cached = connection.info.get("audit_head")
+    if cached is not None and cached["txn"] is txn:
+        return cached
+    dialect = connection.dialect.name
+    insert = "INSERT INTO audithead (id, last_hash, count) VALUES (1, :h, 0) ON CONFLICT DO NOTHING"
+    connection.execute(text(insert), {"h": GENESIS})
+    lock = " FOR UPDATE" if dialect == "postgresql" else ""
+    row = connection.execute(text(f"SELECT last_hash, count FROM audithead WHERE id = 1{lock}")).one()
+    cached = {"txn": txn, "hash": row[0], "count": row[1]}
+    connection.info["audit_head"] = cached
+    return cached
+
+
+@event.listens_for(Event, "before_insert")
+def _chain(_mapper, connection: Connection, target: Event) -> None:
+    head = _head(connection)
+    target.prev_hash = head["hash"]
+    target.hash = event_hash(head["hash"], target)
+    head["hash"] = target.hash
+    head["count"] += 1
+    connection.execute(update(AuditHead).where(col(AuditHead.id) == 1)
+                       .values(last_hash=head["hash"], count=head["count"]))
+
+
+@dataclass
+class Verification:
+    events: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(session: Session, limit_problems: int = 50) -> Verification:
+    result = Verification()
+    prev = GENESIS
+    events = session.exec(sql_select(Event).order_by(col(Event.id)).execution_options(yield_per=1000))
+    for ev in events:
+        result.events += 1
+        if ev.prev_hash != prev:
+            result.problems.append(f"event {ev.id}: the event before it was deleted or changed "
+                                   f"(link {ev.prev_hash[:12]}… expected {prev[:12]}…)")
+        if ev.hash != event_hash(ev.prev_hash or "", ev):
+            result.problems.append(f"event {ev.id} ({ev.action}): its content was edited after it was written")
+        prev = ev.hash or ""
+        if len(result.problems) >= limit_problems:
+            break
+    head = session.get(AuditHead, 1)
+    if head is not None and len(result.problems) < limit_problems:
+        if head.last_hash != prev or head.count != result.events:
+            result.problems.append(f"the chain ends at event {result.events} but {head.count} were written: "
+                                   "events were deleted from the end")
+    return result
