@@ -336,18 +336,39 @@ def audit_verify(config: str = ConfigOption) -> None:
 
 
 @rules_app.command("check")
-def rules_check(directory: Path = typer.Argument(Path("rules"))) -> None:
-    """Validate a rules directory; every problem is listed with its file and key."""
+def rules_check(directory: Path = typer.Argument(Path("rules")),
+                templates: Optional[Path] = typer.Option(
+                    None, "--templates", help="Letter templates to check (default: DIR/templates if "
+                    "it exists, else [rules] templates of the config, else ./templates).")) -> None:
+    """Validate a rules directory and the letters it names; every problem is listed with its
+    file and key."""
+    from mailbot.policy.check import check_templates, roles_without_address
     from mailbot.policy.rules import load_rules
 
+    if templates is None:
+        templates = directory / "templates"
+        if not templates.is_dir():
+            templates = Path("templates")
+            try:
+                from mailbot.config import load_config
+
+                templates = load_config(DEFAULT_CONFIG).rules.templates
+            except ConfigError:
+                pass
     try:
-        load_rules(directory)
+        rules = load_rules(directory)
+        problems = check_templates(rules, templates)
     except RulesError as exc:
-        err.print(f"[bold red]{len(exc.problems)} problem(s) in {directory}:[/]")
-        for problem in exc.problems:
-            err.print(f"  - {problem}", highlight=False)
+        problems = exc.problems
+    if problems:
+        err.print(f"[bold red]{len(problems)} problem(s) in {escape(str(directory))}:[/]")
+        for problem in problems:
+            err.print(f"  - {escape(problem)}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"{directory}: rules are valid")
+    console.print(f"{directory}: rules are valid; letters checked in {templates}", highlight=False)
+    for role in roles_without_address(rules):
+        console.print(escape(f"  note: role {role!r} has no address yet: its mail goes to [staff] "
+                             f"notify in config.toml"), highlight=False)
 
 
 @app.command()

@@ -19,12 +19,16 @@ from sqlmodel import Session, col, select
 
 from mailbot.app import App
 from mailbot.cases import registry
-from mailbot.cases.models import Case, Event, Message, utcnow
-from mailbot.cases.workflow import Route, decide
+from mailbot.cases.models import Case, CaseProgress, Event, Message, utcnow
+from mailbot.cases.workflow import (RECEIVED, Route, add_deadline, deadlines_of, decide,
+                                    meet_deadline, progress_of, transition)
 from mailbot.classify import Classification
 from mailbot.intake.parse import ParsedMessage, ParseError, parse
 from mailbot.letters import LetterError, build_email
 from mailbot.outbox import queue
+from mailbot.policy.calendar import Calendar
+from mailbot.policy.context import build_context
+from mailbot.policy.rules import STAFF_ROLE
 from mailbot.transport.base import Incoming
 
 log = logging.getLogger(__name__)
@@ -142,13 +146,19 @@ def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage) 
 
     existing = registry.case_by_reference(session, cls.reference) or registry.case_by_thread(
         session, msg.thread_ids)
-    route = decide(msg, cls, existing)
+    now = _received_at(msg)
+    progress = session.get(CaseProgress, existing.id) if existing is not None else None
+    route = decide(msg, cls, existing, app.rules, progress=progress,
+                   deadlines=deadlines_of(session, existing) if existing is not None else (),
+                   now=now)
     row.reason = "; ".join(route.reasons)[:2000]
     if route.action == "record":
         row.outcome = "recorded"
         session.add(Event(message_id=row.id, actor="system", action=route.event,
                           detail=json.dumps({"label": cls.label, "channel": cls.channel,
-                                             "reasons": route.reasons})))
+                                             "handling": route.handling, "reasons": route.reasons})))
+        if route.letter or route.staff_letter:
+            _act(app, session, msg, cls, None, route, row, now)
         return Outcome(incoming.uid, "processed", "recorded", label=cls.label,
                        channel=cls.channel, detail=row.reason)
 
@@ -159,11 +169,14 @@ def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage) 
         case = route.case
         action = "added_to_case"
         session.add(Event(case_id=case.id, actor=msg.from_addr or "unknown", action=route.event,
-                          detail=json.dumps({"label": cls.label, "flags": cls.flags})))
+                          detail=json.dumps({"label": cls.label, "flags": cls.flags,
+                                             "handling": route.handling})))
+        if cls.flags:  # a legal threat or a safeguarding sign later on stays on the case
+            case.flags = ",".join(dict.fromkeys(case.flag_list + cls.flags))
     row.case_id, row.outcome = case.id, action
     session.add(Event(case_id=case.id, message_id=row.id, actor="system", action="classified",
                       detail=cls.to_json()))
-    _act(app, session, msg, cls, case, route, row)
+    _act(app, session, msg, cls, case, route, row, now)
     return Outcome(incoming.uid, "processed", action, reference=case.reference, label=cls.label,
                    channel=cls.channel, detail=row.reason)
 
@@ -177,7 +190,7 @@ def _open_case(session: Session, app: App, msg: ParsedMessage, cls: Classificati
     now = _received_at(msg)
     year = now.astimezone(LONDON).year
     reference = registry.next_reference(session, app.rules.reference, year)
-    case = Case(reference=reference, kind=route.kind or cls.label, status=route.status,
+    case = Case(reference=reference, kind=route.kind or cls.label, status=route.status or RECEIVED,
                 complainant=msg.reply_address, complainant_name=msg.from_name,
                 subject=msg.subject[:500], channel=cls.channel, flags=",".join(cls.flags),
                 confidence=cls.confidence, needs_review=cls.needs_review, opened_at=now)
@@ -189,31 +202,61 @@ def _open_case(session: Session, app: App, msg: ParsedMessage, cls: Classificati
     return case
 
 
-def letter_context(app: App, case: Case, msg: ParsedMessage, cls: Classification,
-                   acknowledged: bool = False) -> dict:
-    name = msg.from_name.strip()
-    return {
-        "org": app.rules.organisation,
-        "case": case,
-        "greeting_name": name or "Sir or Madam",
-        "their_subject": msg.subject,
-        "complainant_display": f"{name} <{case.complainant}>" if name else case.complainant,
-        "sender_display": f"{name} <{msg.from_addr}>" if name else msg.from_addr,
-        "received": utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-        "flags": cls.flags,
-        "label": cls.label,
-        "needs_review": cls.needs_review,
-        "confidence": cls.confidence,
-        "acknowledged": acknowledged,
-        "body": msg.text[:20000],
-    }
+def letter_context(app: App, case: Case | None, msg: ParsedMessage, cls: Classification,
+                   acknowledged: bool = False, *, route: Route | None = None,
+                   progress: CaseProgress | None = None, deadlines=(), received=None) -> dict:
+    """Everything a template may use (see mailbot.policy.context, shared with `rules check`)."""
+    subs = json.loads(progress.substitutions) if progress and progress.substitutions else {}
+    return build_context(
+        app.rules, case=case, sender_name=msg.from_name, sender_addr=msg.from_addr,
+        subject=msg.subject, body=msg.text, label=cls.label, channel=cls.channel, flags=cls.flags,
+        confidence=cls.confidence, needs_review=cls.needs_review, received=received or utcnow(),
+        acknowledged=acknowledged, handling=route.handling if route else "normal",
+        deadlines=deadlines, stage=progress.stage if progress else 0, substitutions=subs,
+        owner_role=progress.owner_role if progress and progress.owner_role else None,
+        staff_roles=route.staff_roles if route else (), reasons=route.reasons if route else (),
+        publish=progress.publish if progress else "")
 
 
-def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, case: Case,
-         route: Route, row: Message) -> None:
+def _apply(app: App, session: Session, case: Case, route: Route, row: Message, now) -> CaseProgress:
+    """Carry out the decision on the case: progress, state changes, deadlines (computed once,
+    here, from the arrival time and the organisation's calendar)."""
+    progress = progress_of(session, case)
+    if route.owner_role:
+        progress.owner_role = route.owner_role
+    if route.substitutions:
+        progress.substitutions = json.dumps(route.substitutions, sort_keys=True)
+    if route.publish:
+        progress.publish = route.publish
+    if route.stage is not None:
+        progress.stage = route.stage
+    session.add(progress)
+    session.flush()
+    calendar = Calendar.for_rules(app.rules)
+    for name, stage in route.meet:
+        meet_deadline(session, case, name, stage, now)
+    for spec in route.deadlines:
+        add_deadline(session, case, spec, now, calendar)
+    for state in route.transitions:
+        transition(session, case, state, "system", route.handling, message_id=row.id)
+    if route.handling != "normal":
+        session.add(Event(case_id=case.id, message_id=row.id, actor="system",
+                          action=f"policy_{route.handling}",
+                          detail=json.dumps({"reasons": route.reasons, "roles": route.staff_roles})))
+    session.flush()
+    return progress
+
+
+def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, case: Case | None,
+         route: Route, row: Message, now=None) -> None:
+    now = now or utcnow()
     sender = app.config.outgoing.from_
     mail_from = app.config.outgoing.from_address
-    context = letter_context(app, case, msg, cls, acknowledged=route.letter is not None)
+    progress = _apply(app, session, case, route, row, now) if case is not None else None
+    deadlines = deadlines_of(session, case) if case is not None else []
+    context = letter_context(app, case, msg, cls, acknowledged=route.letter is not None,
+                             route=route, progress=progress, deadlines=deadlines, received=now)
+    case_id = case.id if case is not None else None
     if route.letter:
         try:
             letter = app.letters.render(route.letter, context)
@@ -221,14 +264,17 @@ def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, ca
             raise RuntimeError(f"cannot write the {route.letter} letter: {exc}") from exc
         email = build_email(letter, sender=sender, to=[msg.reply_address],
                             in_reply_to=msg.message_id, references=msg.references)
-        out = queue(session, email, case_id=case.id, purpose=route.letter, mail_from=mail_from)
-        session.add(Event(case_id=case.id, actor="system", action=f"{route.letter}_queued"))
-        if route.action == "new_case" and route.letter == "acknowledgement":
-            case.status = "acknowledged"
+        out = queue(session, email, case_id=case_id, purpose=route.letter, mail_from=mail_from)
+        session.add(Event(case_id=case_id, message_id=row.id, actor="system",
+                          action=f"{route.letter}_queued"))
         session.flush()
         log.debug("queued %s as message %s", route.letter, out.id)
-    staff = [a for a in app.config.staff.notify if a]
+    staff = app.rules.addresses(route.staff_roles or [STAFF_ROLE],
+                                [a for a in app.config.staff.notify if a])
     if route.staff_letter and staff:
-        letter = app.letters.render(route.staff_letter, context)
+        try:
+            letter = app.letters.render(route.staff_letter, context)
+        except LetterError as exc:
+            raise RuntimeError(f"cannot write the {route.staff_letter} letter: {exc}") from exc
         email = build_email(letter, sender=sender, to=staff, auto_reply=True)
-        queue(session, email, case_id=case.id, purpose=route.staff_letter, mail_from=mail_from)
+        queue(session, email, case_id=case_id, purpose=route.staff_letter, mail_from=mail_from)
