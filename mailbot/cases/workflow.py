@@ -398,6 +398,8 @@ def _new_complaint(msg, cls, rules: Rules, answerable: bool, reasons: list[str])
     if "anonymous" in cls.flags:
         staff += rules.anonymous.notify
         route.handling = "anonymous_considered"
+    if "abusive" in cls.flags:
+        staff += rules.abusive.notify  # answered as usual, but someone senior knows
     if cls.needs_review:
         reasons.append(f"confidence {cls.confidence:.2f} is low: staff triage before any reply")
         answerable = False
