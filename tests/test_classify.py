@@ -150,10 +150,10 @@ def test_quality_on_mail_never_trained_on():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["messages"] == 150
-    assert report["macro_f1"] >= 0.85
-    assert report["flags"]["safeguarding"]["recall"] >= 0.85
-    assert report["flags"]["legal"]["recall"] >= 0.9
-    assert report["channel_accuracy"] >= 0.95
+    assert report["macro_f1"] >= 0.93
+    assert report["flags"]["safeguarding"]["recall"] == 1.0  # a missed concern is a serious harm
+    assert report["flags"]["legal"]["recall"] >= 0.95
+    assert report["channel_accuracy"] >= 0.98
     assert set(report["confusion"]) == {"complaint", "compliment", "appeal", "withdrawal", "other"}
 
 
@@ -170,3 +170,28 @@ def test_quality_on_mail_never_trained_on():
 def test_channel_rules(classifier, sender, subject, headers, body, channel):
     msg = parse(make_mail(sender=sender, subject=subject, headers=headers, body=body))
     assert classifier.classify(msg).channel == channel
+
+
+def _shingles(text: str, n: int = 4) -> set[str]:
+    import re
+
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_training_data_does_not_copy_held_out_mail():
+    """Held-out mail must stay unseen: no training example may share 30% of its word 4-grams
+    with a message of the project's held-out set (or of shared/eval-dev, when present)."""
+    held = []
+    for folder in (UNSEEN, REPO.parent / "shared" / "eval-dev"):
+        for path in sorted(folder.glob("*.eml")) if folder.is_dir() else []:
+            msg = parse(path.read_bytes())
+            held.append((path.name, _shingles(f"{msg.subject} {msg.text}")))
+    copies = []
+    for ex in model_mod.load_training(REPO / "rules" / "training"):
+        grams = _shingles(f"{ex.subject} {ex.body}")
+        for name, other in held:
+            if grams and len(grams & other) / len(grams) >= 0.3:
+                copies.append(f"{ex.source} ~ {name}")
+                break
+    assert copies == []

@@ -94,6 +94,14 @@ class Classifier:
             if found:
                 scores[label] += rule.weight
                 reasons.append(f"rule {label} +{rule.weight}: {', '.join(sorted(set(found))[:3])!r}")
+        context = self.patterns.context if self.patterns else None
+        if context and context.outcome_appeal_weight and reference:
+            around = f"{msg.subject}\n{prep.quoted[:3000]}".lower()
+            cue = next((p for p in context.outcome_phrases if p.lower() in around), None)
+            if cue:
+                scores["appeal"] += context.outcome_appeal_weight
+                reasons.append(f"context appeal +{context.outcome_appeal_weight}: reference {reference} "
+                               f"with {cue!r} in the subject or quoted letter")
         if scr.channel == "auto_reply":
             label, confidence = "other", 1.0
             reasons.append(f"other: {scr.channel} mail is never a case")

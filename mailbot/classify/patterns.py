@@ -8,6 +8,7 @@ safeguarding a false alarm costs a minute of someone's time and a miss can cost 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,16 @@ class PatternRule(_Strict):
         return values
 
 
+class ContextRules(_Strict):
+    """Evidence outside the new text: the subject and the quoted history of a reply."""
+
+    outcome_phrases: list[str] = Field(default_factory=list)
+    outcome_appeal_weight: float = Field(0.0, ge=0, le=5)
+
+
 class PatternRules(_Strict):
     review_below: float | None = Field(None, ge=0, le=1)
+    context: ContextRules = ContextRules()
     labels: dict[str, PatternRule] = Field(default_factory=dict)
     flags: dict[str, PatternRule] = Field(default_factory=dict)
 
@@ -114,12 +123,35 @@ class RuleMatcher:
                         problems.append(f"{source}: {kind}s.{name}.patterns[{i}]: {exc}")
         if problems:
             raise RulesError(problems)
+        self._token_gate = self._gate(rules)
+
+    @staticmethod
+    def _gate(rules: PatternRules):
+        """A cheap word test that must pass before the (slow) token Matcher runs at all: every
+        token pattern ends in a word from a fixed list, so a text without any of them cannot match."""
+        words: set[str] = set()
+        for table in (rules.labels, rules.flags):
+            for rule in table.values():
+                for pattern in rule.patterns:
+                    last = pattern[-1].get("LOWER") if pattern else None
+                    if isinstance(last, str):
+                        words.add(last)
+                    elif isinstance(last, dict) and isinstance(last.get("IN"), list):
+                        words.update(str(w) for w in last["IN"])
+                    else:
+                        return None  # a pattern without a fixed last word: always run
+        if not words:
+            return re.compile(r"(?!)")  # no token patterns at all
+        return re.compile(r"\b(" + "|".join(re.escape(w.lower()) for w in sorted(words)) + r")\b")
 
     def match(self, doc) -> dict[str, list[str]]:
         hits: dict[str, list[str]] = {}
         groups: dict[tuple[str, str], dict[int, str]] = {}
         vocab = doc.vocab
-        for match_id, start, end in list(self.phrases(doc)) + list(self.tokens(doc)):
+        found = list(self.phrases(doc))
+        if self._token_gate is None or self._token_gate.search(doc.text.lower()):
+            found += list(self.tokens(doc))
+        for match_id, start, end in found:
             key = vocab.strings[match_id]
             if "|" in key:
                 rule_key, name, group = key.split("|")

@@ -30,7 +30,7 @@ _REPLY_HEADERS = [
 _UNUSUAL_QUOTE_HINT = re.compile(r"\b(wrote|schrieb|écrit|escribió|scritto|napisał|skrev|geschreven)\b|^-{3,}",
                                  re.I | re.M)
 _SIGNATURE_STARTS = [
-    re.compile(r"^-- ?$", re.M),
+    re.compile(r"^-{2,3} ?$", re.M),  # "-- " by the standard; gateways and phones use "---" too
     re.compile(r"^\s*(sent from my|sent from outlook|get outlook for|sent via|sent using|sent from yahoo|"
                r"sent from samsung|sent from mail for)\b.*$", re.I | re.M),
     re.compile(r"^\s*(disclaimer|confidentiality notice|important notice)\b.*$", re.I | re.M),
@@ -39,11 +39,14 @@ _SIGNATURE_STARTS = [
     re.compile(r"^\s*the information (contained )?in this (e-?mail|message)\b", re.I | re.M),
     re.compile(r"^\s*(registered (charity|company)|charity (no|number)|company (no|number))\b.*$", re.I | re.M),
 ]
-_FORM_FIELD = re.compile(r"^\s*([A-Z][A-Za-z /()'?-]{1,40})\s*:\s*(.*)$", re.M)
-_MESSAGE_FIELDS = re.compile(
-    r"^\s*(message|message body|message text|text|sms|sms text|body|your message|comments?|enquiry|"
-    r"your enquiry|details|description|feedback|your feedback|tell us more|what happened|"
-    r"your (complaint|comments?)|how can we help( you)?|question|your question)\s*[:?]?\s*$", re.I)
+_FORM_FIELD = re.compile(r"^[ \t]*([A-Z][A-Za-z /()'?-]{1,40})[ \t]*:[ \t]*(.*)$", re.M)
+_MESSAGE_WORDS = re.compile(r"\b(message|messages|comments?|concerns?|complaint|feedback|enquiry|details|"
+                            r"description|tell us|what happened|going well|could (we|be) (do )?better|"
+                            r"anything else|question|reply|sms|text|body|how can we help)\b", re.I)
+_RELAY_LABEL = re.compile(r"^\s*(message|message body|message text|sms|sms text|text|reply|body)\s*$", re.I)
+_NOT_MESSAGE_WORDS = re.compile(r"\b(about|type|category|topic|subject|regarding|relate[sd]?|id|number|"
+                                r"date|time|phone|e-?mail|name|rate|rating|would you like|from|received|"
+                                r"sent|in reply to|original)\b", re.I)
 _FORM_FOOTER = re.compile(r"^\s*(response id|submitted|submission id|view all|source page|ip address|"
                           r"sent from|user agent|entry id|form id|referrer|-{3,})\b", re.I)
 _SOCIAL_BOILERPLATE = re.compile(
@@ -102,26 +105,62 @@ def split_signature(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def form_message(text: str) -> str | None:
-    """The message a form relay carries, whether as ``Message: ...`` or as a label line
-    ("Your message") followed by the text; ``None`` when there is no such field."""
+def _is_message_label(label: str) -> bool:
+    label = re.sub(r"^\s*(\d+|[a-z])[.)]\s*", "", label.strip()).rstrip(":?* ").strip()
+    return (0 < len(label.split()) <= 8 and bool(_MESSAGE_WORDS.search(label))
+            and not _NOT_MESSAGE_WORDS.search(label))
+
+
+def _looks_like_label_line(line: str) -> bool:
+    words = line.strip().split()
+    if not 0 < len(words) <= 6:
+        return False
+    bare = re.sub(r"^\s*(\d+|[a-z])[.)]\s*", "", line.strip()).lower()
+    return (line.rstrip().endswith(("?", ":")) or bare.startswith(("your ", "tell us", "what "))
+            or bool(re.match(r"^\s*\d+[.)]\s", line))
+            or bare.rstrip(":?* ") in ("message", "comments", "comment", "details", "feedback", "enquiry",
+                                       "reply", "description", "concern", "message body"))
+
+
+def form_message(text: str, standalone_labels: bool = True) -> str | None:
+    """The free text a form relay carries, whether as ``Message: ...`` or as a label line
+    ("4. Tell us more") followed by the text; several free-text fields are joined.
+    ``None`` when there is no such field."""
     lines = text.split("\n")
-    for i, line in enumerate(lines):
+    numbered = sum(1 for ln in lines if re.match(r"^\s*\d+[.)]\s+\S", ln)) >= 2
+    found: list[str] = []
+    i = 0
+    previous = ""
+    while i < len(lines):
+        line = lines[i]
         label, sep, rest = line.partition(":")
-        inline = bool(sep) and _MESSAGE_FIELDS.match(label) and rest.strip()
-        if not inline and not _MESSAGE_FIELDS.match(line):
+        inline = bool(sep) and rest.strip() and (
+            _is_message_label(label) if standalone_labels else bool(_RELAY_LABEL.match(label)))
+        relay_label = line.rstrip().endswith(":") and bool(_RELAY_LABEL.match(line.rstrip()[:-1]))
+        standalone = relay_label or (standalone_labels and _looks_like_label_line(line) and _is_message_label(line)
+                      and not previous.rstrip().endswith(("?", ":"))  # that line is a value, not a label
+                      and (not numbered or re.match(r"^\s*\d+[.)]\s+\S", line)))
+        if line.strip():
+            previous = line
+        if not inline and not standalone:
+            i += 1
             continue
         body = [rest.strip()] if inline else []
-        for following in lines[i + 1:]:
+        j = i + 1
+        while j < len(lines):
+            following = lines[j]
             if _FORM_FOOTER.match(following) or (
-                    _FORM_FIELD.match(following) and not following.lower().startswith(("http", "ps"))
-                    and len(following.split(":", 1)[0].split()) <= 4 and body):
+                    body and (_FORM_FIELD.match(following) or re.match(r"^\s*\d+[.)]\s+\S", following))
+                    and len(following.split(":", 1)[0].split()) <= 8):
                 break
             body.append(following)
-        found = "\n".join(body).strip()
-        if found:
-            return found
-    return None
+            j += 1
+        value = "\n".join(body).strip()
+        if value and value.lower() not in ("(not provided)", "n/a", "none", "-") \
+                and not re.fullmatch(r"(https?://\S+\s*)+", value):
+            found.append(value)
+        i = j
+    return "\n".join(found) if found else None
 
 
 def form_fields(text: str) -> dict[str, str]:
@@ -141,7 +180,7 @@ def prepare(text: str, channel: str = "email") -> Prepared:
     fields: dict[str, str] = {}
     if channel in ("web_form", "sms_gateway", "social_media"):
         fields = form_fields(new)
-        message = form_message(new)
+        message = form_message(new, standalone_labels=channel == "web_form")
         if message:
             new = message
     new, signature = split_signature(new)
