@@ -148,8 +148,9 @@ def test_youth_service_000(story_factory, db_url):
 
     # a text message is not accepted: recorded, not a case; a short reply by SMS; staff told
     cases_before = story.latest_case().id
-    sent = story.mail("SMS from +447700900123", "complaint: the bus didnt turn up again today, "
-                      "not good enough", sender="+447700900123@sms.example.net")
+    sent = story.mail("SMS from +447700900123", "I want to complain, the minibus didnt turn up again "
+                      "today to take my son to the club. Not good enough",
+                      sender="+447700900123@sms.example.net", expect=("complaint", []))
     assert story.last_outcomes[-1].action == "recorded" and story.latest_case().id == cases_before
     reply = only(sent, "+447700900123@sms.example.net")
     assert "cannot take complaints by text" in reply.text
