@@ -107,7 +107,9 @@ class Classifier:
             reasons.append(f"other: {scr.channel} mail is never a case")
         else:
             label = max(scores, key=scores.get)
-            confidence = round(scores[label] / (sum(scores.values()) or 1.0), 3)
+            # the model's probability plus the weight of the rules that spoke for it: an explicit
+            # "I want to complain" makes us surer, whatever else the model hesitated between
+            confidence = round(min(1.0, scores[label]), 3)
             if label != top_model:
                 reasons.append(f"rules changed the label from {top_model} to {label}")
 

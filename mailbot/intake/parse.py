@@ -230,7 +230,8 @@ def parse(raw: bytes) -> ParsedMessage:
             ctype = part.get_content_type()
             disposition = (part.get_content_disposition() or "").lower()
             filename = part.get_filename()
-            if disposition == "attachment" or filename or not ctype.startswith("text/"):
+            if disposition == "attachment" or filename or ctype not in ("text/plain", "text/html"):
+                # calendars, vCards, CSV and the like are attachments, not what the person wrote
                 if ctype == "message/rfc822" or part.get_payload() is None:
                     continue
                 data = part.get_payload(decode=True) or b""
