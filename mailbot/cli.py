@@ -144,6 +144,9 @@ def cases_show(reference: str, config: str = ConfigOption) -> None:
             _fail(f"no case with reference {reference}")
         messages = session.exec(select(Message).where(col(Message.case_id) == case.id)).all()
         events = session.exec(select(Event).where(col(Event.case_id) == case.id)).all()
+        from mailbot.cases.workflow import deadlines_of
+
+        deadlines = deadlines_of(session, case)
     console.print(f"[bold]{case.reference}[/]  {case.kind}  status: {case.status}")
     console.print(escape(f"complainant: {case.complainant_name} <{case.complainant}>  channel: "
                          f"{case.channel}  flags: {', '.join(case.flag_list) or '-'}"))
@@ -158,6 +161,17 @@ def cases_show(reference: str, config: str = ConfigOption) -> None:
     for at, what, detail in sorted(timeline, key=lambda t: t[0]):
         table.add_row(at.strftime("%Y-%m-%d %H:%M:%S"), what, escape(detail))
     console.print(table)
+    if deadlines:  # the policy's time limits, as computed when each clock started
+        from mailbot.policy.calendar import describe_time
+
+        due = Table(title="deadlines (London time)")
+        for column in ("deadline", "stage", "policy", "due", "met"):
+            due.add_column(column, overflow="fold")
+        for d in deadlines:
+            due.add_row(d.name, str(d.stage), d.rule, describe_time(d.due_at)
+                        + (f" (was {describe_time(d.extended_from)})" if d.extended_from else ""),
+                        describe_time(d.met_at) if d.met_at else "-")
+        console.print(due)
 
 
 ModelOption = typer.Option(None, "--model", help="Trained model directory (default: classifier.model_path, else the shipped model).")

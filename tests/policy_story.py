@@ -54,6 +54,7 @@ class Story:
         mailbox.Maildir(self.inbox, create=True)
         config = write_config(tmp_path, db_url=db_url, smtp=smtp_server, maildir=self.inbox,
                               rules=rules, staff=["team@example.org"])
+        self.config = config
         self.app = App.load(config)
 
     # -- time and mail ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from mailbot.cases.workflow import TransitionError, start_investigation, transition
+from tests.mailkit import run_cli
 from tests.policy_story import Story, london, only, record_outcome_now, reference_in
 
 COMPLAINT = ("Complaint about the Thursday youth club",
@@ -78,6 +79,9 @@ def test_youth_service_000(story_factory, db_url):
     assert "review by Chief Executive Officer within 14 days" in " ".join(ack.text.split())
     staff = only(sent, "line.manager@example.org")
     assert sorted(staff.to) == ["ceo@example.org", "line.manager@example.org"]  # "Inform CEO"
+    shown = run_cli("cases", "show", ref, "--config", str(story.config))
+    assert "deadlines (London time)" in shown.stdout, shown.stderr
+    assert "Friday 25 September 2026 at 17:00" in " ".join(shown.stdout.split())
 
     # the same Friday after office hours: the clock starts on Tuesday 1 September at 09:00
     story.at(london(2026, 8, 28, 18, 30))
