@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import event, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, Session, SQLModel, col
 from sqlmodel import select as sql_select
 
@@ -62,8 +63,18 @@ def _chain(_mapper, connection: Connection, target: Event) -> None:
     target.hash = event_hash(head["hash"], target)
     head["hash"] = target.hash
     head["count"] += 1
-    connection.execute(update(AuditHead).where(col(AuditHead.id) == 1)
-                       .values(last_hash=head["hash"], count=head["count"]))
+    head["dirty"] = True
+
+
+@event.listens_for(OrmSession, "after_flush_postexec")
+def _store_head(session: Session, _context) -> None:
+    """Write the chain head once per flush rather than once per event (same transaction)."""
+    connection = session.connection()
+    head = connection.info.get("audit_head")
+    if head is not None and head.get("dirty") and head["txn"] is connection.get_transaction():
+        connection.execute(update(AuditHead).where(col(AuditHead.id) == 1)
+                           .values(last_hash=head["hash"], count=head["count"]))
+        head["dirty"] = False
 
 
 @dataclass

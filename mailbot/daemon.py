@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 from mailbot import outbox
 from mailbot.app import App
-from mailbot.pipeline import Outcome, StorageUnavailable, process
-from mailbot.transport.base import Mailbox, Sender, TransportError
+from mailbot.classify import Classification
+from mailbot.intake.parse import ParsedMessage, ParseError, parse
+from mailbot.pipeline import Outcome, StorageUnavailable, dedupe_key, known_keys, process
+from mailbot.transport.base import Incoming, Mailbox, Sender, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,13 @@ class Daemon:
         batch = self.mailbox.fetch(self.batch_size)
         fresh = [m for m in batch if m.uid not in seen]
         done: dict[str, list[str]] = {"processed": [], "quarantine": []}
+        prepared = self.prepare(fresh)
         try:
             for incoming in fresh:
                 if self.stopping.is_set():
                     break
-                outcome = process(self.app, incoming)
+                parsed, classification = prepared.get(incoming.uid, (None, None))
+                outcome = process(self.app, incoming, parsed, classification)
                 seen.add(incoming.uid)
                 report.outcomes.append(outcome)
                 done[outcome.destination].append(incoming.uid)
@@ -58,6 +62,31 @@ class Daemon:
                 self.mailbox.move(uids, destination)
         self.deliver(report)
         return len(fresh)
+
+    def prepare(self, batch: list[Incoming]) -> dict[str, tuple[ParsedMessage, Classification | None]]:
+        """Parse the batch and classify, in one ``nlp.pipe`` run, what is not already recorded.
+        Anything that fails here is simply left for ``process`` to handle (and quarantine)."""
+        parsed: dict[str, ParsedMessage] = {}
+        for incoming in batch:
+            try:
+                parsed[incoming.uid] = parse(incoming.raw)
+            except ParseError:
+                continue
+        try:
+            known = known_keys(self.app, list(parsed.values()))
+        except Exception:  # noqa: BLE001 - process() will meet the same trouble and report it
+            return {}
+        todo = [(uid, m) for uid, m in parsed.items() if dedupe_key(m, m.sha256) not in known]
+        results: dict[str, tuple[ParsedMessage, Classification | None]] = {
+            uid: (m, None) for uid, m in parsed.items()}
+        try:
+            classified = self.app.classifier.classify_many([m for _, m in todo])
+        except Exception:  # noqa: BLE001
+            log.exception("batch classification failed; classifying one by one")
+            return results
+        for (uid, msg), cls in zip(todo, classified):
+            results[uid] = (msg, cls)
+        return results
 
     def deliver(self, report: RunReport) -> None:
         counts = outbox.deliver(self.app.db, self.sender)

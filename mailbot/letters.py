@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.policy import SMTP
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.policy import compat32
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from pathlib import Path
 
@@ -71,26 +75,66 @@ class Letters:
         return Letter(subject=header_safe(subject), text=text, html=html)
 
 
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP  # readable in any mail client's "view source", unlike base64
+_UTF8_QP.header_encoding = QP
+_SMTP_LINES = compat32.clone(linesep="\r\n")
+
+
+def _text_part(text: str, subtype: str) -> Message:
+    part = MIMENonMultipart("text", subtype)
+    part.set_payload(text, charset=_UTF8_QP)
+    return part
+
+
+def _header(value: str) -> str:
+    """Encode non-ASCII text, keeping a leading ASCII run (the "[CMP-2026-00042]" tag) readable
+    in the raw header for gateways and filters that never decode encoded-words."""
+    if value.isascii():
+        return value
+    words = value.split(" ")
+    n = 0
+    while n < len(words) and words[n].isascii():
+        n += 1
+    header = Header(charset="us-ascii")
+    if n:
+        header.append(" ".join(words[:n]) + " ", "us-ascii")
+    header.append(" ".join(words[n:]), _UTF8_QP)
+    return header.encode()
+
+
 def build_email(letter: Letter, *, sender: str, to: list[str], in_reply_to: str | None = None,
-                references: list[str] | None = None, auto_reply: bool = True) -> EmailMessage:
-    """An outgoing message with a Message-ID of our own and threading to the mail it answers."""
-    msg = EmailMessage(policy=SMTP)
+                references: list[str] | None = None, auto_reply: bool = True) -> Message:
+    """An outgoing message with a Message-ID of our own and threading to the mail it answers.
+
+    Built with the stdlib's compat32 MIME classes, which are several times faster than
+    ``EmailMessage`` with ``policy.SMTP`` for the same bytes; every header value passes through
+    ``header_safe`` so nothing a complainant wrote can add a header line.
+    """
     name, addr = parseaddr(sender)
-    msg["From"] = formataddr((header_safe(name), addr))
+    if letter.html:
+        msg: Message = MIMEMultipart("alternative")
+        msg.attach(_text_part(letter.text, "plain"))
+        msg.attach(_text_part(letter.html, "html"))
+    else:
+        msg = _text_part(letter.text, "plain")
+    msg["From"] = formataddr((header_safe(name), addr), charset="utf-8")
     msg["To"] = ", ".join(header_safe(a) for a in to)
-    msg["Subject"] = header_safe(letter.subject)  # again here: no caller can forget it
+    msg["Subject"] = _header(header_safe(letter.subject))  # again here: no caller can forget it
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = make_msgid(domain=addr.rsplit("@", 1)[-1] or "mailbot.invalid")
     if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
+        msg["In-Reply-To"] = header_safe(in_reply_to, 998)
     refs = list(dict.fromkeys((references or []) + ([in_reply_to] if in_reply_to else [])))
     if refs:
-        msg["References"] = " ".join(refs[-20:])
+        msg["References"] = header_safe(" ".join(refs[-20:]), 4000)
     if auto_reply:
         msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: other robots must not answer us
         msg["X-Auto-Response-Suppress"] = "All"  # and Exchange out-of-office must not either
     msg["X-Mailer"] = "mailbot"
-    msg.set_content(letter.text)
-    if letter.html:
-        msg.add_alternative(letter.html, subtype="html")
     return msg
+
+
+def as_smtp_bytes(msg: Message) -> bytes:
+    """The message as it goes on the wire (CRLF line ends)."""
+    return msg.as_bytes(policy=_SMTP_LINES)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from email.message import EmailMessage
-from email.policy import SMTP
+from email.message import Message as EmailMessage
 
 from sqlmodel import Session, col, or_, select
 
 from mailbot.cases.models import Event, Message, utcnow
 from mailbot.db import Database
+from mailbot.letters import as_smtp_bytes
 from mailbot.transport.base import PermanentSendError, Sender, TransportError
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def queue(session: Session, msg: EmailMessage, *, case_id: int | None, purpose: 
         in_reply_to=str(msg.get("In-Reply-To", "") or ""),
         references=str(msg.get("References", "") or ""),
         sender=mail_from, recipients=",".join(recipients), subject=str(msg["Subject"]),
-        raw=msg.as_bytes(policy=SMTP), purpose=purpose, delivery="queued")
+        raw=as_smtp_bytes(msg), purpose=purpose, delivery="queued")
     session.add(row)
     return row
 

@@ -42,6 +42,8 @@ def _hhmm(text: str) -> time:
     return time(int(hours), int(minutes))
 
 
+_CALENDARS: dict[tuple, "Calendar"] = {}
+
 class Calendar:
     def __init__(self, nation: str = "england-and-wales", office_hours: OfficeHours | None = None):
         self.nation = nation
@@ -51,7 +53,12 @@ class Calendar:
 
     @classmethod
     def for_rules(cls, rules: Rules) -> "Calendar":
-        return cls(rules.organisation.nation, rules.office_hours)
+        """One calendar per policy: its bank-holiday table is filled once, not per message."""
+        key = (rules.organisation.nation, rules.office_hours.model_dump_json())
+        calendar = _CALENDARS.get(key)
+        if calendar is None:
+            calendar = _CALENDARS[key] = cls(rules.organisation.nation, rules.office_hours)
+        return calendar
 
     @cached_property
     def bank_holidays(self) -> holidays.HolidayBase:
