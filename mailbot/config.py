@@ -27,7 +27,7 @@ class _Section(BaseModel):
 
 
 class MailboxConfig(_Section):
-    kind: Literal["maildir", "imap", "ews"] = "maildir"
+    kind: Literal["maildir", "imap", "ews", "graph"] = "maildir"
     path: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(993, ge=1, le=65535)
@@ -55,6 +55,29 @@ class MailboxConfig(_Section):
     # How long, in total, to honour Exchange's "server busy, back off N ms" answers within one
     # round before giving up until the next round (0: never wait, fail at once).
     ews_max_wait_seconds: float = Field(120, ge=0)
+    # OAuth 2.0 (IMAP with auth = "oauth2", and kind = "graph"): tokens from Microsoft Entra ID
+    # for the app registration client_id in tenant_id, see mailbot/transport/oauth.py.
+    auth: Literal["password", "oauth2"] = "password"
+    oauth_flow: Literal["client_credentials", "device_code"] = "client_credentials"
+    client_certificate: Path | None = None  # PEM: private key + certificate (instead of a secret)
+    client_certificate_password_env: str | None = None
+    oauth_authority: str = Field("https://login.microsoftonline.com", pattern=r"^https://")
+    oauth_scopes: list[str] | None = None  # default: the right ones for IMAP/SMTP or Graph
+    token_cache: Path = Path("var/oauth-token-cache.json")  # device_code: the kept sign-in
+    # Microsoft Graph (kind = "graph")
+    graph_url: str = Field("https://graph.microsoft.com/v1.0", pattern=r"^https?://")
+    # How long, in total, to honour Graph's "429 Too Many Requests, Retry-After: N" (and 503/504)
+    # within one round before giving up until the next round.
+    graph_max_wait_seconds: float = Field(120, ge=0)
+
+    @model_validator(mode="after")
+    def _check_oauth(self) -> "MailboxConfig":
+        if self.kind == "graph" and not self.primary_smtp_address:
+            raise ValueError("primary_smtp_address (the mailbox address) is required when "
+                             "kind = \"graph\"")
+        if self.kind == "graph" or (self.kind == "imap" and self.auth == "oauth2"):
+            _check_app_registration(self, "mailbox")
+        return self
 
     @model_validator(mode="after")
     def _check_kind(self) -> "MailboxConfig":
@@ -87,7 +110,8 @@ class MailboxConfig(_Section):
 class OutgoingConfig(_Section):
     # "ews": send through the Exchange mailbox of [mailbox] (kind = "ews" there), with its
     # connection settings; letters are saved in its Sent Items and thread in Outlook.
-    kind: Literal["folder", "smtp", "ews"] = "folder"
+    # "graph": send through the Microsoft 365 mailbox of [mailbox] (kind = "graph" there).
+    kind: Literal["folder", "smtp", "ews", "graph"] = "folder"
     path: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(587, ge=1, le=65535)
@@ -96,7 +120,21 @@ class OutgoingConfig(_Section):
     password: str | None = None
     password_env: str | None = None
     from_: str = Field("Complaints Team <complaints@example.org>", alias="from")
+    # first pause before a refused letter is tried again; it doubles each time (up to an hour)
+    retry_seconds: float = Field(30, gt=0, le=3600)
     timeout_seconds: float = Field(60, gt=0)
+    # SMTP AUTH XOAUTH2 with auth = "oauth2".  Keys left out here are taken from [mailbox], so one
+    # app registration can serve both; username defaults to mailbox.username.
+    auth: Literal["password", "oauth2"] = "password"
+    oauth_flow: Literal["client_credentials", "device_code"] | None = None
+    client_id: str | None = None
+    tenant_id: str | None = None
+    client_secret_env: str | None = None
+    client_certificate: Path | None = None
+    client_certificate_password_env: str | None = None
+    oauth_authority: str | None = Field(None, pattern=r"^https://")
+    oauth_scopes: list[str] | None = None
+    token_cache: Path | None = None
 
     @field_validator("from_")
     @classmethod
@@ -151,11 +189,47 @@ class Config(_Section):
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
+    def _check_outgoing_oauth(self) -> "Config":
+        out, box = self.outgoing, self.mailbox
+        if out.kind == "graph" and box.kind != "graph":
+            raise ValueError("outgoing.kind = \"graph\" sends through the Microsoft 365 mailbox, "
+                             "so it needs mailbox.kind = \"graph\"")
+        if out.kind == "smtp" and out.auth == "oauth2":
+            merged = _Merged(out, box)
+            _check_app_registration(merged, "outgoing")
+            if not (out.username or box.username or box.primary_smtp_address):
+                raise ValueError("outgoing.username (the mailbox to send as) is required when "
+                                 "auth = \"oauth2\"")
+        return self
+
+    @model_validator(mode="after")
     def _check_outgoing_ews(self) -> "Config":
         if self.outgoing.kind == "ews" and self.mailbox.kind != "ews":
             raise ValueError("outgoing.kind = \"ews\" sends through the Exchange mailbox, so it "
                              "needs mailbox.kind = \"ews\"")
         return self
+
+
+class _Merged:
+    """[outgoing] OAuth keys, falling back to [mailbox]'s (for validation)."""
+
+    def __init__(self, own, fallback):
+        self._own, self._fallback = own, fallback
+
+    def __getattr__(self, name):
+        value = getattr(self._own, name, None)
+        return getattr(self._fallback, name, None) if value is None else value
+
+
+def _check_app_registration(section, name: str) -> None:
+    missing = [key for key in ("client_id", "tenant_id") if not getattr(section, key)]
+    flow = getattr(section, "oauth_flow") or "client_credentials"
+    if flow == "client_credentials" and not (getattr(section, "client_secret_env")
+                                             or getattr(section, "client_certificate")):
+        missing.append("client_secret_env (or client_certificate)")
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                         f"required for OAuth2 (the app registration in Microsoft Entra ID)")
 
 
 def _secret(value: str | None, env: str | None, section: str) -> str:
@@ -203,6 +277,9 @@ def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
         config.mailbox.path = rel(config.mailbox.path)
     if config.outgoing.path is not None:
         config.outgoing.path = rel(config.outgoing.path)
+    for section in (config.mailbox, config.outgoing):  # OAuth2 files
+        section.client_certificate = rel(section.client_certificate)
+        section.token_cache = rel(section.token_cache)
     config.rules.path = rel(config.rules.path) or config.rules.path
     config.rules.templates = rel(config.rules.templates) or config.rules.templates
     config.classifier.model_path = rel(config.classifier.model_path) or config.classifier.model_path

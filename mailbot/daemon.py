@@ -18,7 +18,7 @@ from mailbot import outbox
 from mailbot.app import App
 from mailbot.classify import Classification
 from mailbot.intake.parse import ParsedMessage, ParseError, parse
-from mailbot.pipeline import Outcome, StorageUnavailable, dedupe_key, known_keys, process
+from mailbot.pipeline import STORAGE_ERRORS, Outcome, StorageUnavailable, dedupe_key, known_keys, process
 from mailbot.transport.base import Incoming, Mailbox, Sender, TransportError
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,11 @@ class Daemon:
         return results
 
     def deliver(self, report: RunReport) -> None:
-        counts = outbox.deliver(self.app.db, self.sender)
+        try:
+            counts = outbox.deliver(self.app.db, self.sender,
+                                    retry_seconds=self.app.config.outgoing.retry_seconds)
+        except STORAGE_ERRORS as exc:
+            raise StorageUnavailable(f"database unavailable while sending: {exc}") from exc
         report.sent += counts["sent"]
         report.send_retries += counts["retry"]
         report.send_failures += counts["failed"]
@@ -116,6 +120,10 @@ class Daemon:
                 self.mailbox.wait(self.app.config.mailbox.poll_seconds)
             except (TransportError, StorageUnavailable) as exc:
                 log.warning("%s; retrying in %.0f s", exc, pause)
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 300)
+            except Exception:  # noqa: BLE001 - a bug must not kill the daemon or spin it
+                log.exception("unexpected error in the daemon loop; retrying in %.0f s", pause)
                 self.stopping.wait(pause)
                 pause = min(pause * 2, 300)
             report.outcomes.clear()

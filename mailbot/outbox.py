@@ -35,11 +35,11 @@ def queue(session: Session, msg: EmailMessage, *, case_id: int | None, purpose: 
     return row
 
 
-def _backoff(attempts: int) -> timedelta:
-    return min(timedelta(seconds=30 * 2 ** (attempts - 1)), BACKOFF_CAP)
+def _backoff(attempts: int, base: float = 30) -> timedelta:
+    return min(timedelta(seconds=base * 2 ** (attempts - 1)), BACKOFF_CAP)
 
 
-def deliver(db: Database, sender: Sender, limit: int = 1000) -> dict[str, int]:
+def deliver(db: Database, sender: Sender, limit: int = 1000, retry_seconds: float = 30) -> dict[str, int]:
     """Send what is due, one row per transaction (locked so two daemons never both send it)."""
     counts = {"sent": 0, "retry": 0, "failed": 0}
     for _ in range(limit):
@@ -72,7 +72,7 @@ def deliver(db: Database, sender: Sender, limit: int = 1000) -> dict[str, int]:
                                       action="delivery_failed", detail=row.last_error))
                     counts["failed"] += 1
                 else:
-                    row.next_attempt_at = now + _backoff(row.attempts)
+                    row.next_attempt_at = now + _backoff(row.attempts, retry_seconds)
                     counts["retry"] += 1
                 log.warning("outbox: message %s not sent (attempt %s): %s", row.id, row.attempts, exc)
                 session.add(row)

@@ -14,7 +14,9 @@ import logging
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import (DisconnectionError, IntegrityError, InterfaceError, OperationalError,
+                            PendingRollbackError)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, select
 
 from mailbot.app import App
@@ -44,6 +46,11 @@ class Outcome:
     label: str = ""
     channel: str = ""
     detail: str = ""
+
+
+# The database could not be reached or the connection broke: a passing outage, never a reason
+# to quarantine a message (it stays in the inbox and is handled once the database is back).
+STORAGE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PendingRollbackError, PoolTimeout)
 
 
 class StorageUnavailable(Exception):
@@ -80,7 +87,7 @@ def process(app: App, incoming: Incoming, parsed: ParsedMessage | None = None,
         if duplicate is not None:
             return _duplicate_outcome(incoming, duplicate)
         raise
-    except OperationalError as exc:
+    except STORAGE_ERRORS as exc:
         raise StorageUnavailable(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - a bug on one message must not stop the mailbox
         log.exception("internal error on %s; quarantining it", incoming.uid)
@@ -125,7 +132,7 @@ def _record_quarantine(app: App, incoming: Incoming, reason: str,
                 session.flush()
                 session.add(Event(message_id=row.id, actor="system", action="quarantined",
                                   detail=reason[:2000]))
-    except (OperationalError, IntegrityError) as exc:
+    except (*STORAGE_ERRORS, IntegrityError) as exc:
         raise StorageUnavailable(str(exc)) from exc
     log.warning("quarantined %s: %s", incoming.uid, reason)
     return Outcome(incoming.uid, "quarantine", "quarantined", detail=reason)
