@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import (DisconnectionError, IntegrityError, InterfaceError, OperationalError,
                             PendingRollbackError)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from mailbot.app import App
 from mailbot.cases import registry
@@ -267,6 +268,26 @@ def _apply(app: App, session: Session, case: Case, route: Route, row: Message, n
     return progress
 
 
+def reply_limit_reached(session: Session, app: App, address: str, now) -> str | None:
+    """Why an automatic letter to ``address`` must not go now, or None (rules [limits])."""
+    limits = app.rules.limits
+    recent = select(func.count()).select_from(Message).where(
+        col(Message.direction) == "out", col(Message.purpose).not_like("staff%"))
+    to_them = session.exec(recent.where(col(Message.recipients) == address,
+                                        col(Message.at) >= now - timedelta(days=1))).one()
+    if to_them >= limits.replies_per_sender_per_day:
+        return (f"{to_them} automatic letters to this address in the last 24 hours "
+                f"(limit {limits.replies_per_sender_per_day}): possible mail loop")
+    in_hour = session.exec(recent.where(col(Message.at) >= now - timedelta(hours=1))).one()
+    if in_hour >= limits.replies_per_hour:
+        return f"{in_hour} automatic letters in the last hour (limit {limits.replies_per_hour}): possible flood"
+    return None
+
+
+def incoming_ref(case: Case | None) -> str:
+    return case.reference if case is not None else "a non-case message"
+
+
 def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, case: Case | None,
          route: Route, row: Message, now=None) -> None:
     now = now or utcnow()
@@ -274,6 +295,13 @@ def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, ca
     mail_from = app.config.outgoing.from_address
     progress = _apply(app, session, case, route, row, now) if case is not None else None
     deadlines = deadlines_of(session, case) if case is not None else []
+    limited = reply_limit_reached(session, app, msg.reply_address, now) if route.letter else None
+    if limited:
+        session.add(Event(case_id=case.id if case is not None else None, message_id=row.id,
+                          actor="system", action="reply_suppressed",
+                          detail=json.dumps({"letter": route.letter, "reason": limited})))
+        log.warning("not sending %s for %s: %s", route.letter, incoming_ref(case), limited)
+        route.letter = None
     context = letter_context(app, case, msg, cls, acknowledged=route.letter is not None,
                              route=route, progress=progress, deadlines=deadlines, received=now)
     case_id = case.id if case is not None else None

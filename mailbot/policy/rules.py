@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -179,7 +180,10 @@ class Role(_Strict):
 
 
 class ReportRule(_Strict):
-    """What is reported to whom how often.  Data only for now: a later scheduler sends it."""
+    """What is reported to whom how often; ``mailbot.scheduler`` sends it when it falls due.
+
+    ``every = "trustee_meeting"`` has no fixed rhythm: list the meeting dates in ``meetings``
+    (TOML dates, 2026-12-10) and the report goes out ``send_before`` each of them."""
 
     name: str
     to: list[RoleName] = Field(min_length=1)
@@ -189,6 +193,8 @@ class ReportRule(_Strict):
     contents: list[Literal["count", "nature", "outcomes", "remedial_actions", "compliments",
                            "misunderstandings", "timeliness"]] = Field(default_factory=lambda: ["count"])
     publish_on_website: bool = False
+    meetings: list[date] = Field(default_factory=list)  # every = "trustee_meeting" only
+    send_before: DurationText = Duration(5, "working_days")  # before each meeting
 
     @model_validator(mode="after")
     def _when(self) -> "ReportRule":
@@ -208,6 +214,7 @@ class Stage(_Strict):
     acknowledge_within: DurationText | None = None
     acknowledgement_letter: TemplateName | None = "acknowledgement"
     respond_within: DurationText | None = None
+    escalate_to: list[RoleName] = Field(default_factory=list)  # told when a time limit is missed
 
     @property
     def investigated_by(self) -> str:
@@ -225,11 +232,41 @@ class AppealStage(_Strict):
     respond_within: DurationText | None = None
     letter: TemplateName | None = "appeal_acknowledgement"
     late_letter: TemplateName | None = "appeal_out_of_time"
+    escalate_to: list[RoleName] = Field(default_factory=list)  # told when a time limit is missed
 
 
 class ComplaintWorkflow(Stage):
     appeals: list[AppealStage] = Field(default_factory=list)
     no_further_appeal_letter: TemplateName | None = "appeal_no_further_stage"
+
+
+FOLLOWED_DEADLINES = ("pass_to_owner", "acknowledge", "respond", "appeal_acknowledge", "appeal_respond")
+
+
+class Reminders(_Strict):
+    """Follow-ups to staff for our own time limits (never the complainant's appeal window):
+    reminders to the case owner ``before`` each due date, and an escalation to the stage's
+    ``escalate_to`` roles (and the owner) the working day after a date is missed."""
+
+    before: list[DurationText] = Field(default_factory=list)  # e.g. ["2 working days", "1 day"]
+    letter: TemplateName = "staff_reminder"
+    escalation_letter: TemplateName = "staff_escalation"
+    escalate: bool = True
+
+
+class HoldingLetter(_Strict):
+    """A letter to the complainant when our answer is late: 000 "let the complainant know why
+    there are delays", 002 "explain this in writing within the 28 days", 003 progress updates.
+
+    ``before``: sent this long before the date first promised, if the answer has not gone out;
+    without it, the working day after that date.  ``every``: and again this often after that
+    date while the answer is still outstanding (progress updates)."""
+
+    letter: TemplateName | None = None  # None: no holding letters
+    before: DurationText | None = None
+    every: DurationText | None = None
+    deadlines: list[Literal["acknowledge", "respond", "appeal_acknowledge", "appeal_respond"]] = \
+        Field(default_factory=lambda: ["respond", "appeal_respond"])
 
 
 class ChannelPolicy(_Strict):
@@ -293,6 +330,39 @@ class ComplimentRules(_Strict):
     publish: Literal["never", "anonymised", "with_permission"] = "anonymised"
 
 
+class StaffRules(_Strict):
+    """Working a case by email (``mailbot.staffmail``): who counts as staff, which receiving
+    server's ``Authentication-Results`` are believed, who is warned about a forged command, and
+    the letters staff commands send.  Kept in ``staff.toml`` (a ``[staff]`` table)."""
+
+    # besides every address in roles.toml and [staff] notify in config.toml
+    members: list[str] = Field(default_factory=list)
+    # the authserv-id our own receiving server writes first in Authentication-Results
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    # who is told about a forged or unverified command; empty: [staff] notify and the safeguarding lead
+    warn: list[RoleName] = Field(default_factory=list)
+    reply_letter: TemplateName = "staff_reply"  # #reply
+    outcome_letter: TemplateName = "outcome"  # #outcome
+    extension_letter: TemplateName = "deadline_extended"  # #extend
+
+    @field_validator("members")
+    @classmethod
+    def _members_valid(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+", item):
+                raise ValueError(f"{item!r} is not an email address (write just name@example.org)")
+        return value
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _ids_valid(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", item.strip()):
+                raise ValueError(f"{item!r} is not an authserv-id: write the host name your mail "
+                                 f"server puts first in Authentication-Results, e.g. mx.example.org")
+        return value
+
+
 class ChannelRule(_Strict):
     """Signs that a message came through a channel other than a person's own email."""
 
@@ -316,36 +386,22 @@ class ChannelRule(_Strict):
         return values
 
 
-class KeywordRules(_Strict):
-    """First-stage classifier: phrases that suggest a label or a flag (regexes, case-insensitive)."""
+class ReplyLimits(_Strict):
+    """Bounds on automatic letters, so a duel with another autoresponder or a mail bomb can
+    never turn into an unbounded stream of mail.  Cases are still recorded; only letters stop."""
 
-    labels: dict[str, list[str]] = Field(default_factory=dict)
-    flags: dict[str, list[str]] = Field(default_factory=dict)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_known(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for key, patterns in value.items():
-            if key not in LABELS:
-                raise ValueError(f"unknown label {key!r}; labels are {', '.join(LABELS)}")
-            ChannelRule._compiles(patterns)
-        return value
-
-    @field_validator("flags")
-    @classmethod
-    def _flags_known(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for key, patterns in value.items():
-            if key not in FLAGS:
-                raise ValueError(f"unknown flag {key!r}; flags are {', '.join(FLAGS)}")
-            ChannelRule._compiles(patterns)
-        return value
+    replies_per_sender_per_day: int = Field(10, ge=1, le=1000)
+    replies_per_hour: int = Field(500, ge=1, le=100000)
 
 
 class Rules(_Strict):
     organisation: Organisation = Organisation()
+    limits: ReplyLimits = ReplyLimits()
     reference: ReferenceRules = ReferenceRules()
     office_hours: OfficeHours = OfficeHours()
     reporting: list[ReportRule] = Field(default_factory=list)
+    # report themes: a heading and the words that put a case under it (subject and text)
+    themes: dict[str, list[str]] = Field(default_factory=dict)
     roles: dict[RoleName, Role] = Field(default_factory=dict)
     complaint: ComplaintWorkflow = ComplaintWorkflow()
     compliment: ComplimentRules = ComplimentRules()
@@ -356,8 +412,10 @@ class Rules(_Strict):
     safeguarding: SafeguardingRules = SafeguardingRules()
     conflict_of_interest: list[ConflictRule] = Field(default_factory=list)
     withdrawal: WithdrawalRules = WithdrawalRules()
+    staff: StaffRules = StaffRules()
+    reminders: Reminders = Reminders()
+    holding_letter: HoldingLetter = HoldingLetter()
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
-    keywords: KeywordRules = KeywordRules()
     path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("channels")
@@ -415,9 +473,11 @@ class Rules(_Strict):
         if c.investigator:
             refs.append(("complaint.investigator", c.investigator))
         refs += [("complaint.inform", r) for r in c.inform]
+        refs += [("complaint.escalate_to", r) for r in c.escalate_to]
         for i, stage in enumerate(c.appeals, 1):
             refs.append((f"complaint.appeals#{i}.reviewer", stage.reviewer))
             refs += [(f"complaint.appeals#{i}.inform", r) for r in stage.inform]
+            refs += [(f"complaint.appeals#{i}.escalate_to", r) for r in stage.escalate_to]
         refs += [("compliment.pass_to", r) for r in self.compliment.pass_to]
         for channel, policy in self.intake.items():
             refs += [(f"intake.{channel}.notify", r) for r in policy.notify]
@@ -430,6 +490,7 @@ class Rules(_Strict):
                      (f"conflict_of_interest#{i}.instead", rule.instead)]
         for i, report in enumerate(self.reporting, 1):
             refs += [(f"reporting#{i}.to", r) for r in report.to]
+        refs += [("staff.warn", r) for r in self.staff.warn]
         return refs
 
     def letters_used(self) -> list[tuple[str, str]]:
@@ -448,20 +509,27 @@ class Rules(_Strict):
                       (f"complaint.appeals#{i}.late_letter", stage.late_letter)]
         found += [(f"intake.{ch}.reply", p.reply) for ch, p in self.intake.items()]
         found += [(f"(built in) {name}", name) for name in STAFF_LETTERS]
+        found += [("staff.reply_letter", self.staff.reply_letter),
+                  ("staff.outcome_letter", self.staff.outcome_letter),
+                  ("staff.extension_letter", self.staff.extension_letter)]
+        found += [(f"(built in, staff commands) {name}", name) for name in STAFF_COMMAND_LETTERS]
         return [(key, name) for key, name in found if name]
 
 
 # Letters to staff; their names are fixed, their wording is in templates/ like any other.
 STAFF_LETTERS = ("staff_new_case", "staff_case_update", "staff_safeguarding", "staff_channel_rejected")
+# Answers to staff who work a case by email (mailbot.staffmail), and the warnings about forgeries.
+STAFF_COMMAND_LETTERS = ("staff_command_result", "staff_assigned", "staff_escalated",
+                         "staff_security_warning", "staff_not_verified")
 
 
 # file (relative to the rules directory) -> key in the Rules model it fills
 RULE_FILES = {
-    "policy.toml": None,  # top-level tables: organisation, reference, office_hours, reporting
+    "policy.toml": None,  # top-level tables: organisation, reference, office_hours, reporting, limits
     "roles.toml": "roles",
     "workflow.toml": None,  # top-level tables: complaint, compliment, intake, anonymous, ...
     "channels.toml": "channels",
-    "classifier/keywords.toml": "keywords",
+    "staff.toml": None,  # top-level table: [staff] (working a case by email)
 }
 
 
