@@ -48,11 +48,26 @@ class App:
         if box.kind == "maildir":
             from mailbot.transport.maildir import MaildirMailbox
             return MaildirMailbox(box.path, box.processed_folder, box.quarantine_folder)
+        if box.kind == "imap" and box.auth == "oauth2":
+            from mailbot.transport.imap import ImapMailbox
+            from mailbot.transport.oauth import provider_from_config
+            return ImapMailbox(box.host, box.port, box.security, box.username or "", "",
+                               box.folder, box.processed_folder, box.quarantine_folder,
+                               box.poll_seconds, box.timeout_seconds,
+                               token_provider=provider_from_config(self.config, "mailbox", "outlook"))
         if box.kind == "imap":
             from mailbot.transport.imap import ImapMailbox
             return ImapMailbox(box.host, box.port, box.security, box.username or "",
                                box.resolve_password(), box.folder, box.processed_folder,
                                box.quarantine_folder, box.poll_seconds, box.timeout_seconds)
+        if box.kind == "graph":
+            from mailbot.transport import graph
+            from mailbot.transport.oauth import provider_from_config
+            return graph.GraphMailbox(
+                graph.settings_from_config(box), provider_from_config(self.config, "mailbox", "graph"),
+                state=graph.DatabaseDeltaStore(self.db), folder=box.folder,
+                processed_folder=box.processed_folder, quarantine_folder=box.quarantine_folder,
+                poll_seconds=box.poll_seconds)
         if box.kind == "ews":
             from mailbot.transport.ews import EwsMailbox, settings_from_config
             return EwsMailbox(settings_from_config(box), box.folder, box.processed_folder,
@@ -67,7 +82,19 @@ class App:
         if out.kind == "ews":  # through the Exchange mailbox configured in [mailbox]
             from mailbot.transport.ews import EwsSender, settings_from_config
             return EwsSender(settings_from_config(self.config.mailbox))
+        if out.kind == "graph":  # through the Microsoft 365 mailbox configured in [mailbox]
+            from mailbot.transport import graph
+            from mailbot.transport.oauth import provider_from_config
+            return graph.GraphSender(graph.settings_from_config(self.config.mailbox),
+                                     provider_from_config(self.config, "mailbox", "graph"))
         from mailbot.transport.smtp import SmtpSender
+        if out.auth == "oauth2":
+            from mailbot.transport.oauth import provider_from_config
+            box = self.config.mailbox
+            return SmtpSender(out.host, out.port, out.security,
+                              out.username or box.username or box.primary_smtp_address, None,
+                              out.timeout_seconds,
+                              token_provider=provider_from_config(self.config, "outgoing", "outlook"))
         return SmtpSender(out.host, out.port, out.security, out.username, out.resolve_password(),
                           out.timeout_seconds)
 

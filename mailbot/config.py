@@ -172,6 +172,10 @@ class RulesConfig(_Section):
 class StaffConfig(_Section):
     # Who hears about every new case until the rules name roles for it.
     notify: list[str] = Field(default_factory=list)
+    # The authserv-id(s) of this installation's own receiving mail server: only its
+    # Authentication-Results header can prove that a staff command really comes from staff
+    # (added to those in the rules' staff.toml; see README "Working a case from Outlook").
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
 
 
 class ClassifierConfig(_Section):

@@ -30,9 +30,12 @@ class ImapMailbox:
     def __init__(self, host: str, port: int, security: str, username: str, password: str,
                  folder: str = "INBOX", processed_folder: str = "mailbot/processed",
                  quarantine_folder: str = "mailbot/quarantine", poll_seconds: float = 30,
-                 timeout: float = 60):
+                 timeout: float = 60, token_provider=None):
         self.host, self.port, self.security = host, port, security
         self.username, self._password = username, password
+        # OAuth2 (SASL XOAUTH2) instead of the password, e.g. for Microsoft 365: a
+        # mailbot.transport.oauth.TokenProvider, asked for a token at every login
+        self.token_provider = token_provider
         self.folder = folder
         self._wanted = {"processed": processed_folder, "quarantine": quarantine_folder}
         self.poll_seconds = poll_seconds
@@ -56,11 +59,14 @@ class ImapMailbox:
                 box = MailBoxUnencrypted(self.host, self.port, timeout=self.timeout)
         except (OSError, imaplib.IMAP4.error) as exc:
             raise TransportError(f"{self.description}: cannot connect: {exc}") from exc
-        try:
-            box.login(self.username, self._password, initial_folder=None)
-        except MailboxLoginError as exc:
-            box.client.shutdown()
-            raise TransportError(f"{self.description}: login refused for {self.username}") from exc
+        if self.token_provider is not None:
+            self._login_xoauth2(box)
+        else:
+            try:
+                box.login(self.username, self._password, initial_folder=None)
+            except MailboxLoginError as exc:
+                box.client.shutdown()
+                raise TransportError(f"{self.description}: login refused for {self.username}") from exc
         # The pre-login greeting may not list MOVE/IDLE/UIDPLUS: ask again now we are in.
         typ, data = box.client.capability()
         if typ == "OK" and data and data[-1]:
@@ -77,6 +83,22 @@ class ImapMailbox:
         status = box.folder.status(self.folder, ["UIDVALIDITY"])
         self.uidvalidity = str(status["UIDVALIDITY"])
         box.folder.set(self.folder)
+
+    def _login_xoauth2(self, box) -> None:
+        """AUTHENTICATE XOAUTH2 with a token from the provider; a refused token is forgotten and
+        a fresh one tried once (a token may end between the provider's check and the login, and
+        Exchange Online closes sessions whose token expired, so reconnects need a new one)."""
+        for attempt in (1, 2):
+            token = self.token_provider.token()  # an OAuthError is a TransportError
+            try:
+                box.xoauth2(self.username, token, initial_folder=None)
+                return
+            except (MailboxLoginError, imaplib.IMAP4.error) as exc:
+                self.token_provider.invalidate(token)
+                if attempt == 2:
+                    box.client.shutdown()
+                    raise TransportError(f"{self.description}: OAuth2 login (XOAUTH2) refused for "
+                                         f"{self.username}: {exc}") from exc
 
     def _delimiter(self) -> str:
         for info in self._box.folder.list(search_args="%"):

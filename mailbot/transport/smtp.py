@@ -10,9 +10,12 @@ from mailbot.transport.base import PermanentSendError, TransportError
 
 class SmtpSender:
     def __init__(self, host: str, port: int, security: str = "starttls", username: str | None = None,
-                 password: str | None = None, timeout: float = 60):
+                 password: str | None = None, timeout: float = 60, token_provider=None):
         self.host, self.port, self.security = host, port, security
         self.username, self.password, self.timeout = username, password, timeout
+        # OAuth2 (SMTP AUTH XOAUTH2) instead of the password: a
+        # mailbot.transport.oauth.TokenProvider, asked for a token at every connection
+        self.token_provider = token_provider
         self.description = f"smtp {host}:{port} ({security})"
         self._conn: smtplib.SMTP | None = None
 
@@ -25,13 +28,32 @@ class SmtpSender:
                 conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
                 if self.security == "starttls":
                     conn.starttls(context=ssl.create_default_context())
-            if self.username and self.password is not None:
+            if self.token_provider is not None:
+                self._auth_xoauth2(conn)
+            elif self.username and self.password is not None:
                 conn.login(self.username, self.password)
         except smtplib.SMTPAuthenticationError as exc:
             raise TransportError(f"{self.description}: login refused: {exc.smtp_error!r}") from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise TransportError(f"{self.description}: cannot connect: {exc}") from exc
         return conn
+
+    def _auth_xoauth2(self, conn: smtplib.SMTP) -> None:
+        """AUTH XOAUTH2 (initial response ``user=U^Aauth=Bearer T^A^A``); on a refusal the
+        server sends a JSON challenge, answered with an empty line, then 535.  A refused token
+        is forgotten and a fresh one tried once."""
+        conn.ehlo_or_helo_if_needed()
+        for attempt in (1, 2):
+            token = self.token_provider.token()  # an OAuthError is a TransportError
+            initial = f"user={self.username}\x01auth=Bearer {token}\x01\x01"
+            try:
+                conn.auth("XOAUTH2", lambda challenge=None: initial if challenge is None else "",
+                          initial_response_ok=True)
+                return
+            except smtplib.SMTPAuthenticationError:
+                self.token_provider.invalidate(token)
+                if attempt == 2:
+                    raise
 
     def send(self, raw: bytes, mail_from: str, recipients: list[str]) -> None:
         for attempt in (1, 2):  # a kept-open connection may have been dropped by the server
