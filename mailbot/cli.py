@@ -74,6 +74,7 @@ def run(config: str = ConfigOption,
     try:
         if not once:
             daemon.install_signal_handlers()
+            daemon.serve_metrics()
             daemon.run_forever()
             return
         try:
@@ -308,6 +309,49 @@ def evaluate_cmd(directory: Path, config: str = ConfigOption,
         for m in result["mistakes"]:
             console.print(escape(f"  {m['file']}: expected {m['expected']} got {m['got']} ({m['confidence']}) "
                                  f"channel {m['channel']} flags {m['flags']}"), highlight=False)
+
+
+@app.command()
+def status(config: str = ConfigOption, as_json: bool = typer.Option(False, "--json"),
+           mailbox: bool = typer.Option(True, "--mailbox/--no-mailbox",
+                                        help="Also count what waits in the mailbox (connects to it).")) -> None:
+    """Backlog, last poll of each daemon, outbox queue, recent quarantines, cases by status."""
+    from mailbot.observe import status_report
+
+    application = _load(config)
+    with application.db.session() as session:
+        report = status_report(session)
+    report["inbox_waiting"] = None
+    if mailbox:
+        try:
+            box = application.open_mailbox()
+            counter = getattr(box, "count", None)
+            report["inbox_waiting"] = counter() if counter else None
+            box.close()
+        except (TransportError, ConfigError, NotImplementedError) as exc:
+            report["inbox_error"] = str(exc)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    waiting = report["inbox_waiting"]
+    console.print(f"inbox: {waiting if waiting is not None else 'unknown'} message(s) waiting"
+                  + (f" ({escape(report['inbox_error'])})" if report.get("inbox_error") else ""))
+    out = report["outbox"]
+    console.print(f"outbox: {out['queued']} queued"
+                  + (f" (oldest {out['oldest_queued'][:16]})" if out["oldest_queued"] else "")
+                  + f", {out['sent']} sent, {out['failed']} failed")
+    console.print(f"quarantined in the last 7 days: {report['quarantined_last_7_days']}")
+    console.print("cases: " + (", ".join(f"{k} {v}" for k, v in sorted(report["cases_by_status"].items()))
+                               or "none"))
+    table = Table(title="daemons")
+    for column in ("name", "running", "last poll", "handled", "last error"):
+        table.add_column(column, overflow="fold")
+    for d in report["daemons"][:10]:
+        ago = d["seconds_since_poll"]
+        table.add_row(d["name"], "yes" if d["running"] else "no",
+                      f"{ago} s ago" if ago is not None else "never", str(d["handled"]),
+                      escape(d["last_error"][:100]))
+    console.print(table)
 
 
 @app.command("export-person")

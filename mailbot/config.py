@@ -183,6 +183,12 @@ class ClassifierConfig(_Section):
     review_below: float = Field(0.5, ge=0, le=1)
 
 
+class MetricsConfig(_Section):
+    # A Prometheus endpoint on the daemon (0 = off). Bound to loopback unless told otherwise.
+    port: int = Field(0, ge=0, le=65535)
+    address: str = "127.0.0.1"
+
+
 class Config(_Section):
     mailbox: MailboxConfig
     outgoing: OutgoingConfig
@@ -190,6 +196,7 @@ class Config(_Section):
     rules: RulesConfig = RulesConfig()
     staff: StaffConfig = StaffConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    metrics: MetricsConfig = MetricsConfig()
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

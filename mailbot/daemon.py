@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from mailbot import outbox
 from mailbot.app import App
+from mailbot.observe import Heartbeat, Metrics
 from mailbot.classify import Classification
 from mailbot.intake.parse import ParsedMessage, ParseError, parse
 from mailbot.pipeline import STORAGE_ERRORS, Outcome, StorageUnavailable, dedupe_key, known_keys, process
@@ -40,6 +41,14 @@ class Daemon:
         self.sender = sender or app.open_sender()
         self.stopping = threading.Event()
         self.batch_size = app.config.mailbox.batch_size
+        self.heartbeat = Heartbeat(app.db)
+        self.metrics = Metrics()  # switched on by serve_metrics(), for the long-running daemon
+
+    def serve_metrics(self) -> None:
+        cfg = self.app.config.metrics
+        if cfg.port:
+            self.metrics = Metrics(cfg.port, cfg.address)
+            log.info("metrics on http://%s:%s/metrics", cfg.address, cfg.port)
 
     def handle_batch(self, report: RunReport, seen: set[str]) -> int:
         """One round; returns how many messages were new in it."""
@@ -53,6 +62,7 @@ class Daemon:
                     break
                 parsed, classification = prepared.get(incoming.uid, (None, None))
                 outcome = process(self.app, incoming, parsed, classification)
+                self.metrics.handled(outcome.action)
                 seen.add(incoming.uid)
                 report.outcomes.append(outcome)
                 done[outcome.destination].append(incoming.uid)
@@ -97,6 +107,7 @@ class Daemon:
         report.sent += counts["sent"]
         report.send_retries += counts["retry"]
         report.send_failures += counts["failed"]
+        self.metrics.sent(counts["sent"], counts["retry"], counts["failed"])
 
     def run_once(self) -> RunReport:
         """Handle everything waiting in the inbox, send what is due, and return."""
@@ -117,13 +128,20 @@ class Daemon:
                     pass
                 seen.clear()
                 pause = 1.0
+                self.heartbeat.beat(len(report.outcomes))
+                if self.metrics.enabled:
+                    self.metrics.polled(outbox.pending_count(self.app.db))
                 self.mailbox.wait(self.app.config.mailbox.poll_seconds)
             except (TransportError, StorageUnavailable) as exc:
                 log.warning("%s; retrying in %.0f s", exc, pause)
+                self.heartbeat.beat(error=str(exc))
+                self.metrics.error()
                 self.stopping.wait(pause)
                 pause = min(pause * 2, 300)
-            except Exception:  # noqa: BLE001 - a bug must not kill the daemon or spin it
+            except Exception as exc:  # noqa: BLE001 - a bug must not kill the daemon or spin it
                 log.exception("unexpected error in the daemon loop; retrying in %.0f s", pause)
+                self.heartbeat.beat(error=f"{type(exc).__name__}: {exc}")
+                self.metrics.error()
                 self.stopping.wait(pause)
                 pause = min(pause * 2, 300)
             report.outcomes.clear()
@@ -136,6 +154,8 @@ class Daemon:
         signal.signal(signal.SIGINT, self.stop)
 
     def close(self) -> None:
+        self.heartbeat.stopped()
+        self.metrics.close()
         for part in (self.mailbox, self.sender):
             try:
                 part.close()

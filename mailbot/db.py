@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
-from mailbot import audit  # noqa: F401 - registers the audit chain hook and its table
+from mailbot import audit, observe  # noqa: F401 - register the audit chain hook and their tables
 from mailbot.cases import models  # noqa: F401 - registers the tables
 
 

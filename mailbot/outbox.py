@@ -10,7 +10,7 @@ import logging
 from datetime import timedelta
 from email.message import Message as EmailMessage
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, func, or_, select
 
 from mailbot.cases.models import Event, Message, utcnow
 from mailbot.db import Database
@@ -88,5 +88,5 @@ def deliver(db: Database, sender: Sender, limit: int = 1000, retry_seconds: floa
 
 def pending_count(db: Database) -> int:
     with db.session() as session:
-        return len(session.exec(select(Message.id).where(
-            col(Message.direction) == "out", col(Message.delivery) == "queued")).all())
+        return session.exec(select(func.count()).select_from(Message).where(
+            col(Message.direction) == "out", col(Message.delivery) == "queued")).one()

@@ -78,8 +78,9 @@ def process(app: App, incoming: Incoming, parsed: ParsedMessage | None = None,
             if duplicate is not None:
                 return _duplicate_outcome(incoming, duplicate)
             outcome = _handle(app, session, incoming, msg, classification)
-        log.info("handled %s: %s %s label=%s channel=%s", incoming.uid, outcome.action,
-                 outcome.reference or "-", outcome.label, outcome.channel)
+        # one line per message, references and decisions only: no names, addresses or text
+        log.info("handled uid=%s action=%s ref=%s label=%s channel=%s", incoming.uid,
+                 outcome.action, outcome.reference or "-", outcome.label, outcome.channel)
         return outcome
     except IntegrityError:
         # another daemon (or an earlier run) committed the same message first

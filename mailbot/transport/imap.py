@@ -148,6 +148,14 @@ class ImapMailbox:
 
         return self._run("fetch", do)
 
+    def count(self) -> int:
+        """Messages waiting in the inbox (for `mailbot status`)."""
+        def do(box) -> int:
+            typ, data = box.client.uid("SEARCH", None, "UNDELETED")
+            return len(data[0].split()) if typ == "OK" and data and data[0] else 0
+
+        return self._run("count", do)
+
     def move(self, uids: list[str], destination: Destination) -> None:
         if not uids:
             return

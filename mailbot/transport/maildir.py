@@ -50,6 +50,11 @@ class MaildirMailbox:
             out.append(Incoming(uid=f"maildir:{key}", raw=raw))
         return out
 
+    def count(self) -> int:
+        """Messages waiting in the inbox (for `mailbot status`)."""
+        self._inbox._refresh()
+        return len(self._inbox)
+
     def move(self, uids: list[str], destination: Destination) -> None:
         target = self._folders[destination]
         for uid in uids:
