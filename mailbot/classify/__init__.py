@@ -73,7 +73,7 @@ class Classifier:
         from mailbot.classify.prepare import prepare
 
         screenings = [screen(m, self.rules) for m in messages]
-        prepared = [prepare(m.text, s.channel) for m, s in zip(messages, screenings)]
+        prepared = [prepare(m.text, s.channel, m.subject) for m, s in zip(messages, screenings)]
         texts = [normalise(p.model_text(m.subject)) for m, p in zip(messages, prepared)]
         results = []
         for msg, scr, prep, doc in zip(messages, screenings, prepared, self.nlp.pipe(texts, batch_size=128)):

@@ -30,6 +30,7 @@ from mailbot.policy.rules import FLAGS, LABELS
 
 FLAG_OVERSAMPLE = 5
 SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
+_WHITESPACE = re.compile(r"\s+")
 _GENERIC_REFERENCE = re.compile(r"\b[A-Z]{2,6}[-/ ]?\d{2,4}[-/]\d{2,6}\b")
 
 
@@ -56,7 +57,11 @@ MODEL_TEXT_CHARS = 4000  # the gist of a letter is in its first pages; the rest 
 
 def normalise(text: str) -> str:
     """What the model reads: registration numbers become one token, whatever their format."""
-    return _GENERIC_REFERENCE.sub(" REFNUM ", text[:MODEL_TEXT_CHARS])
+    # Line breaks and indentation are layout, not language: spaCy would make each run of them a
+    # token that breaks phrases ("small\n  claims") and n-grams, so text wrapped at 72 columns and
+    # the same words from an HTML mail read alike.
+    text = _WHITESPACE.sub(" ", text[:MODEL_TEXT_CHARS * 2])[:MODEL_TEXT_CHARS]
+    return _GENERIC_REFERENCE.sub(" REFNUM ", text)
 
 
 def load_training(directory: Path, extra: Iterable[Path] = ()) -> list[TrainingExample]:
@@ -115,7 +120,7 @@ def build() -> Language:
 def example_text(ex: TrainingExample) -> str:
     from mailbot.classify.prepare import prepare
 
-    return normalise(prepare(ex.body).model_text(ex.subject))
+    return normalise(prepare(ex.body, subject=ex.subject).model_text(ex.subject))
 
 
 def train(examples: list[TrainingExample], epochs: int = 25, seed: int = 7,

@@ -31,6 +31,21 @@ def _compile(pattern: str, multiline: bool = False) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE | (re.MULTILINE if multiline else 0))
 
 
+_QUOTE_START = re.compile(
+    r"^\s*(-{2,}\s*(original message|forwarded message)\s*-{2,}|begin forwarded message\s*:?|_{8,})\s*$"
+    r"|^\s*\**from\**\s*:.*\n\s*\**(sent|date)\**\s*:"
+    r"|^\s*on\b.{4,250}?\bwrote\s*:\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _own_text(text: str) -> str:
+    """The text before any quoted or forwarded mail: a staff member forwarding a web-form relay
+    or quoting an SMS is writing email, so body signs count only in what the sender wrote."""
+    match = _QUOTE_START.search(text)
+    if match and text[:match.start()].strip():
+        return text[:match.start()]
+    return text
+
+
 def _matches(rule: ChannelRule, msg: ParsedMessage) -> str | None:
     domain = msg.from_addr.rsplit("@", 1)[-1]
     for wanted in rule.sender_domains:
@@ -56,7 +71,7 @@ def _matches(rule: ChannelRule, msg: ParsedMessage) -> str | None:
     for pattern in rule.subject_patterns:
         if _compile(pattern).search(msg.subject):
             return f"subject matches {pattern!r}"
-    head = msg.text[:4000]
+    head = _own_text(msg.text[:4000])
     for pattern in rule.body_patterns:
         if _compile(pattern, multiline=True).search(head):
             return f"body matches {pattern!r}"
