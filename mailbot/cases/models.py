@@ -155,3 +155,26 @@ class CaseProgress(SQLModel, table=True):
     resume_status: str = ""
     publish: str = ""  # compliments: never | anonymised | with_permission
     outcome_at: Optional[datetime] = _moment()
+
+
+class FollowUp(SQLModel, table=True):
+    """One follow-up the scheduler carried out (a reminder, an escalation, a holding letter, a
+    report, a case closed when its appeal window ran out, ...).
+
+    ``key`` is unique and says exactly what was done: kind, case, deadline, offset and the due
+    date it was for (an extended deadline is a new promise, so its reminders count again).  The
+    row is written in the same transaction as the outbox letter it causes, so a sweep that runs
+    twice, late, or in two places at once does each follow-up exactly once: the second insert
+    is refused by the database and its letter rolled back with it (see mailbot/scheduler.py).
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=300)
+    kind: str  # reminder | escalation | holding_letter | window_closed | outcome_report | ...
+    case_id: Optional[int] = Field(default=None, foreign_key="case.id", index=True)
+    deadline_id: Optional[int] = Field(default=None, foreign_key="deadline.id")
+    offset: str = ""  # "2 working days" (before), "update 2", a report period, ...
+    planned_at: Optional[datetime] = _moment()  # when it was due to happen
+    done_at: Optional[datetime] = _moment()
+    message_id: Optional[int] = Field(default=None, foreign_key="message.id")
+    detail: str = Field(default="", sa_column=Column(Text, default=""))
