@@ -453,5 +453,105 @@ def doctor(config: str = ConfigOption,
     raise typer.Exit(1 if failed else 0)
 
 
+schedule_app = typer.Typer(help="Follow-ups: reminders, escalations, holding letters, reports.",
+                           no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("list")
+def schedule_list(config: str = ConfigOption,
+                  days: int = typer.Option(30, "--days", min=1, help="How far ahead to look."),
+                  show_all: bool = typer.Option(False, "--all", help="Also list what was overtaken or cannot be sent."),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """What follow-up is due, when (London time), and why: worked out from the case book."""
+    from datetime import timedelta
+
+    from mailbot.cases.models import utcnow
+    from mailbot.policy.calendar import LONDON
+    from mailbot.scheduler import plan, stored_job_times
+
+    application = _load(config)
+    now = utcnow()
+    with application.db.session() as session:
+        items = [p for p in plan(session, application.rules, now)
+                 if p.at <= now + timedelta(days=days) and (show_all or p.state in ("due", "upcoming"))]
+    jobs = set(stored_job_times(application.db.engine))
+    rules = application.rules
+    if as_json:
+        print(json.dumps([{"when": p.at.isoformat(), "state": p.state, "kind": p.kind,
+                           "reference": p.reference or None, "to": [rules.role_title(r) for r in p.to_roles],
+                           "why": p.why, "key": p.key} for p in items], indent=2))
+        return
+    table = Table(title=f"{len(items)} follow-up(s) due now or in the next {days} days")
+    for column in ("when (London)", "state", "what", "case", "to"):
+        table.add_column(column, no_wrap=column != "to", overflow="fold")
+    table.add_column("why", overflow="fold")
+    for p in items:
+        state = p.state if p.state != "due" else "[bold]due now[/]"
+        if p.state == "upcoming" and p.at in jobs:
+            state = "upcoming (job set)"
+        to = "the complainant" if p.kind == "holding_letter" else ", ".join(rules.role_title(r) for r in p.to_roles)
+        table.add_row(p.at.astimezone(LONDON).strftime("%a %d %b %Y %H:%M"), state, p.kind.replace("_", " "),
+                      p.reference or "-", escape(to or "-"), escape(p.why))
+    console.print(table)
+
+
+@schedule_app.command("run")
+def schedule_run(config: str = ConfigOption) -> None:
+    """Carry out the follow-ups that are due now and send them (what the daemon does each
+    round; for installations that run `mailbot run --once` from cron)."""
+    from mailbot import outbox
+    from mailbot.scheduler import sweep
+
+    application = _load(config)
+    result = sweep(application)
+    counts = {"sent": 0, "retry": 0, "failed": 0}
+    if result.done:
+        sender = application.open_sender()
+        try:
+            counts = outbox.deliver(application.db, sender)
+        finally:
+            sender.close()
+    for p in result.done:
+        console.print(escape(f"{p.kind.replace('_', ' ')} {p.reference or ''}: {p.why}"), highlight=False)
+    console.print(f"{len(result.done)} follow-up(s) done; sent {counts['sent']} message(s)")
+    for problem in result.errors:
+        err.print(escape(f"  - {problem}"), highlight=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(date_from: str = typer.Option(..., "--from", help="First day (YYYY-MM-DD)."),
+           date_to: str = typer.Option(..., "--to", help="Last day, included (YYYY-MM-DD)."),
+           out: Path = typer.Option(..., "--out", help="File to write."),
+           fmt: Optional[str] = typer.Option(None, "--format", help="html, pdf or csv (default: from --out)."),
+           title: str = typer.Option("Complaints and compliments report", "--title"),
+           config: str = ConfigOption) -> None:
+    """The statistical report for a period, as the board reads it (no personal data)."""
+    from datetime import date, timedelta
+
+    from mailbot.reports import build_report, render_csv, render_html, render_pdf
+
+    try:
+        start, last = date.fromisoformat(date_from), date.fromisoformat(date_to)
+    except ValueError as exc:
+        _fail(f"dates are written YYYY-MM-DD, e.g. 2026-04-01 ({exc})")
+    if last < start:
+        _fail(f"--to ({last}) is before --from ({start})")
+    fmt = (fmt or out.suffix.lstrip(".") or "html").lower()
+    if fmt not in ("html", "pdf", "csv"):
+        _fail(f"--format must be html, pdf or csv, not {fmt!r}")
+    application = _load(config)
+    with application.db.session() as session:
+        data = build_report(session, application.rules, start, last + timedelta(days=1), title=title)
+    if fmt == "pdf":
+        out.write_bytes(render_pdf(data))
+    else:
+        out.write_text(render_html(data) if fmt == "html" else render_csv(data), encoding="utf-8")
+    console.print(escape(f"{data.cases} case(s) from {data.period}: {fmt.upper()} written to {out}"),
+                  highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -43,6 +43,7 @@ class Daemon:
         self.batch_size = app.config.mailbox.batch_size
         self.heartbeat = Heartbeat(app.db)
         self.metrics = Metrics()  # switched on by serve_metrics(), for the long-running daemon
+        self.follow_ups = None  # mailbot.scheduler.FollowUpScheduler, started by run_forever
 
     def serve_metrics(self) -> None:
         cfg = self.app.config.metrics
@@ -118,15 +119,49 @@ class Daemon:
                 break
         return report
 
+    def start_follow_up_scheduler(self) -> None:
+        """APScheduler wakes the follow-up sweep at the moments things fall due, also while the
+        loop waits for mail; without it (it failed to start) the loop's own sweep still sends
+        everything, only up to one poll later."""
+        from mailbot.scheduler import FollowUpScheduler
+
+        try:
+            self.follow_ups = FollowUpScheduler(self.app, sender_factory=self.app.open_sender)
+            self.follow_ups.start()
+        except Exception:  # noqa: BLE001
+            log.exception("follow-up scheduler not started; follow-ups are sent every round instead")
+            self.follow_ups = None
+
+    def run_follow_ups(self, report: RunReport | None = None):
+        """Carry out the follow-ups that are due (mailbot.scheduler: reminders, escalations,
+        holding letters, reports), send them, and bring the scheduler's jobs up to date.  The
+        same sweep as APScheduler's job: the database makes each follow-up happen once."""
+        from contextlib import nullcontext
+
+        from mailbot.scheduler import sweep
+
+        with self.follow_ups.lock if self.follow_ups is not None else nullcontext():
+            result = sweep(self.app)
+        if result.done:
+            self.deliver(report or RunReport())
+        if self.follow_ups is not None:
+            try:
+                self.follow_ups.sync()
+            except Exception:  # noqa: BLE001 - the next round sweeps anyway
+                log.exception("could not update the follow-up jobs")
+        return result
+
     def run_forever(self) -> None:
         pause = 1.0
         report = RunReport()
         seen: set[str] = set()
+        self.start_follow_up_scheduler()
         while not self.stopping.is_set():
             try:
                 while self.handle_batch(report, seen) >= self.batch_size:
                     pass
                 seen.clear()
+                self.run_follow_ups(report)
                 pause = 1.0
                 self.heartbeat.beat(len(report.outcomes))
                 if self.metrics.enabled:
@@ -154,6 +189,8 @@ class Daemon:
         signal.signal(signal.SIGINT, self.stop)
 
     def close(self) -> None:
+        if self.follow_ups is not None:
+            self.follow_ups.shutdown()
         self.heartbeat.stopped()
         self.metrics.close()
         for part in (self.mailbox, self.sender):

@@ -77,6 +77,11 @@ ACTIVE_FOR = {
 ACTIVE_STATES = set().union(*ACTIVE_FOR.values()) | {OUTCOME_SENT}
 # Outcome reports are made for outcomes this recent; older ones are history, not a duty.
 OUTCOME_REPORT_LOOKBACK = timedelta(days=400)
+# What each time limit asks of us, in words for letters ("... within 28 days").
+WHAT = {"pass_to_owner": "pass the complaint to the person who deals with it",
+        "acknowledge": "acknowledge the complaint", "respond": "send our response",
+        "appeal_acknowledge": "acknowledge the request for a {stage}",
+        "appeal_respond": "send the outcome of the {stage}", "appeal_window": "ask for a {stage}"}
 LETTERS = {REMINDER: "staff_reminder", ESCALATION: "staff_escalation", HOLDING: "holding_letter",
            OUTCOME_REPORT: "report_case_outcome", PERIODIC_REPORT: "report_mail",
            COMPLIMENT: "compliment_passed_on"}
@@ -437,7 +442,7 @@ def plan(session: Session, rules: Rules, now: datetime | None = None, *,
     if any(r.after_outcome for r in rules.reporting):
         q2 = (select(Event, Case).join(Case, col(Case.id) == col(Event.case_id))
               .where(col(Event.action) == "outcome_recorded",
-                     col(Event.at) >= (now - OUTCOME_REPORT_LOOKBACK).replace(tzinfo=None)))
+                     col(Event.at) >= now - OUTCOME_REPORT_LOOKBACK))
         if wanted is not None:
             q2 = q2.where(col(Case.id).in_(sorted(wanted)))
         outcome_events = list(session.exec(q2.order_by(col(Event.id))).all())
@@ -614,7 +619,7 @@ def _follow_up_view(session: Session, rules: Rules, item: Planned, case: Case, d
         view.update(
             deadline={"name": d.name.removeprefix("appeal_").replace("_", " "), "rule": d.rule,
                       "date": describe(d.due_at), "when": describe_time(d.due_at),
-                      "stage": d.stage},
+                      "stage": d.stage, "what": WHAT[d.name].format(stage=_stage_name(rules, d.stage))},
             first_date=describe(promised), extended=d.extended_from is not None,
             new_date=describe(d.due_at) if d.extended_from is not None else "",
             reason=_extension_reason(session, case, d),

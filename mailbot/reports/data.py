@@ -204,7 +204,8 @@ def record_action(session: Session, case: Case, actor: str, text: str, *, lesson
 
 
 def _naive(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+    """Query parameter for a time column: aware UTC (sqlmodel's type refuses naive values)."""
+    return moment.astimezone(timezone.utc)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
