@@ -7,6 +7,12 @@ Fixtures:
     sqlite_url   -- SQLAlchemy URL of a SQLite file in tmp_path
     db_url       -- parametrized: ids "sqlite" and "postgresql"
     ews_server   -- started EwsFake (Exchange Web Services, Basic auth "complaints"/"secret")
+    oauth_tls       -- a throwaway CA + 127.0.0.1 certificate for the local HTTPS servers
+    jwt_issuer      -- signs test OAuth2 access tokens (the servers below trust it)
+    oauth_authority -- started local OAuth2 authority that msal accepts (Entra ID stand-in)
+    dovecot_oauth2  -- Dovecot taking XOAUTH2/OAUTHBEARER tokens of jwt_issuer (and passwords)
+    smtp_oauth2     -- SmtpCapture requiring AUTH XOAUTH2 with tokens of jwt_issuer
+    graph_server    -- started GraphFake (Microsoft Graph mail, HTTPS, tokens of jwt_issuer)
 """
 
 from __future__ import annotations
@@ -76,3 +82,60 @@ def ews_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     server.start()
     yield server
     assert not server.problems, "unexpected EWS requests:\n" + "\n".join(server.problems)
+
+
+# -- OAuth2 and Microsoft Graph (tests/servers/oauth_*.py, graph_fake.py) ---------------------------
+@pytest.fixture(scope="session")
+def oauth_tls():
+    from tests.servers.oauth_tls import TestTLS
+
+    tls = TestTLS()
+    yield tls
+    tls.close()
+
+
+@pytest.fixture
+def jwt_issuer():
+    from tests.servers.oauth_jwt import JwtIssuer
+
+    return JwtIssuer()
+
+
+@pytest.fixture
+def oauth_authority(request: pytest.FixtureRequest, oauth_tls, jwt_issuer):
+    from tests.servers.oauth_authority import OAuthAuthority
+
+    authority = OAuthAuthority(oauth_tls, jwt_issuer)
+    request.addfinalizer(authority.stop)
+    authority.start()
+    yield authority
+    assert not authority.problems, "unexpected OAuth2 requests:\n" + "\n".join(authority.problems)
+
+
+@pytest.fixture
+def dovecot_oauth2(request: pytest.FixtureRequest, jwt_issuer) -> DovecotServer:
+    server = DovecotServer(oauth2=jwt_issuer)
+    request.addfinalizer(server.close)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def smtp_oauth2(request: pytest.FixtureRequest, jwt_issuer) -> SmtpCapture:
+    server = SmtpCapture(oauth2=jwt_issuer)
+    request.addfinalizer(server.stop)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def graph_server(request: pytest.FixtureRequest, oauth_tls, jwt_issuer):
+    """A strict fake Graph endpoint; fails the test if mailbot sent it anything unexpected.
+    Small pages (3 per delta page) so that paging is exercised everywhere."""
+    from tests.servers.graph_fake import GraphFake
+
+    server = GraphFake(oauth_tls, jwt_issuer, max_page_size=3)
+    request.addfinalizer(server.stop)
+    server.start()
+    yield server
+    assert not server.problems, "unexpected Graph requests:\n" + "\n".join(server.problems)

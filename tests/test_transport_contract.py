@@ -116,6 +116,59 @@ class EwsHarness:
         return raw
 
 
+class ImapOAuth2Harness(ImapHarness):
+    """IMAP with SASL XOAUTH2 against Dovecot's oauth2 passdb (JWTs validated by Dovecot)."""
+
+    kind = "imap-oauth2"
+
+    def open(self):
+        from mailbot.transport.imap import ImapMailbox
+        from mailbot.transport.oauth import StaticTokenProvider
+        d = self.dovecot
+        return ImapMailbox(d.host, d.port, "none", d.user, "", "INBOX", PROCESSED, QUARANTINE,
+                           poll_seconds=0.2, timeout=10,
+                           token_provider=StaticTokenProvider(d.oauth2_token()))
+
+
+class GraphHarness:
+    """Microsoft Graph (the strict HTTPS fake); the delta state is kept in a SQLite database
+    that outlives each transport instance, as mailbot's database does across restarts."""
+
+    kind = "graph"
+
+    def __init__(self, fake, tls, tmp_path: Path):
+        from mailbot.db import Database
+        self.fake, self.tls = fake, tls
+        self.db = Database(f"sqlite:///{tmp_path / 'graph-state.db'}")
+
+    def deliver(self, raw: bytes) -> None:
+        self.fake.append(raw)
+
+    def open(self):
+        from mailbot.transport.graph import DatabaseDeltaStore, GraphMailbox
+        from mailbot.transport.oauth import StaticTokenProvider
+        return GraphMailbox(graph_settings(self.fake), StaticTokenProvider(self.fake.token()),
+                            state=DatabaseDeltaStore(self.db), processed_folder=PROCESSED,
+                            quarantine_folder=QUARANTINE, poll_seconds=0.05,
+                            session=self.tls.session())
+
+    def folder_exists(self, folder: str) -> bool:
+        return self.fake.folder(folder) is not None
+
+    def messages(self, folder: str = "INBOX") -> list[bytes]:
+        return self.fake.messages("inbox" if folder == "INBOX" else folder)
+
+    def expected(self, raw: bytes) -> bytes:
+        return raw
+
+
+def graph_settings(fake, **overrides):
+    from mailbot.transport.graph import GraphSettings
+    values = dict(mailbox=fake.mailbox, base_url=fake.url, timeout=10, max_wait=5)
+    values.update(overrides)
+    return GraphSettings(**values)
+
+
 def ews_settings(fake, **overrides):
     from mailbot.transport.ews import EwsSettings
     values = dict(url=fake.url, primary_smtp_address=fake.mailbox, auth_type="basic",
@@ -125,12 +178,17 @@ def ews_settings(fake, **overrides):
     return EwsSettings(**values)
 
 
-@pytest.fixture(params=["maildir", "imap", "ews"])
+@pytest.fixture(params=["maildir", "imap", "ews", "imap-oauth2", "graph"])
 def harness(request, tmp_path):
     if request.param == "maildir":
         return MaildirHarness(tmp_path)
     if request.param == "imap":
         return ImapHarness(request.getfixturevalue("dovecot"))
+    if request.param == "imap-oauth2":
+        return ImapOAuth2Harness(request.getfixturevalue("dovecot_oauth2"))
+    if request.param == "graph":
+        return GraphHarness(request.getfixturevalue("graph_server"),
+                            request.getfixturevalue("oauth_tls"), tmp_path)
     return EwsHarness(request.getfixturevalue("ews_server"))
 
 
@@ -353,10 +411,48 @@ class EwsOut:
         return [(s.mime, s.recipients) for s in self.fake.sent]
 
 
-@pytest.fixture(params=["smtp", "folder", "ews"])
+class SmtpOAuth2Out(SmtpOut):
+    """SMTP AUTH XOAUTH2 against aiosmtpd checking the JWT."""
+
+    def open(self):
+        from mailbot.transport.oauth import StaticTokenProvider
+        from mailbot.transport.smtp import SmtpSender
+        return SmtpSender(self.server.host, self.server.port, "none", "complaints@example.org",
+                          timeout=10, token_provider=StaticTokenProvider(self.server.oauth2_token()))
+
+    def delivered(self, n: int) -> list[tuple[bytes, list[str]]]:
+        out = super().delivered(n)
+        assert self.server.oauth2_logins and set(self.server.oauth2_logins) == {"complaints@example.org"}
+        return out
+
+
+class GraphOut:
+    #: Graph takes at most 4 MB per request: a bigger letter is refused for good, in words
+    size_limit = 4 * 1024 * 1024
+
+    def __init__(self, fake, tls):
+        self.fake, self.tls = fake, tls
+
+    def open(self):
+        from mailbot.transport.graph import GraphSender
+        from mailbot.transport.oauth import StaticTokenProvider
+        return GraphSender(graph_settings(self.fake), StaticTokenProvider(self.fake.token()),
+                           session=self.tls.session())
+
+    def delivered(self, n: int) -> list[tuple[bytes, list[str]]]:
+        # what was sent, and the copy kept in Sent Items, must be the same letter
+        assert self.fake.messages("sentitems") == [s.mime for s in self.fake.sent]
+        return [(s.mime, s.recipients) for s in self.fake.sent]
+
+
+@pytest.fixture(params=["smtp", "folder", "ews", "smtp-oauth2", "graph"])
 def outgoing(request, tmp_path):
     if request.param == "smtp":
         return SmtpOut(request.getfixturevalue("smtp_server"))
+    if request.param == "smtp-oauth2":
+        return SmtpOAuth2Out(request.getfixturevalue("smtp_oauth2"))
+    if request.param == "graph":
+        return GraphOut(request.getfixturevalue("graph_server"), request.getfixturevalue("oauth_tls"))
     if request.param == "folder":
         return FolderOut(tmp_path / "outbox")
     return EwsOut(request.getfixturevalue("ews_server"))
@@ -390,6 +486,12 @@ def test_sender_handles_a_large_letter(outgoing):
     raw = _letter(attachment=os.urandom(5 * 1024 * 1024))
     sender = outgoing.open()
     try:
+        if len(raw) > getattr(outgoing, "size_limit", len(raw)):
+            from mailbot.transport.base import PermanentSendError
+            with pytest.raises(PermanentSendError, match="at most 4 MB"):
+                sender.send(raw, "complaints@example.org", ["jo@example.com"])
+            assert outgoing.delivered(0) == []
+            return
         sender.send(raw, "complaints@example.org", ["jo@example.com"])
     finally:
         sender.close()

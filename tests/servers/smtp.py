@@ -111,8 +111,77 @@ class _Handler:
         return "250 2.0.0 OK: queued"
 
 
+class _OAuthHandler(_Handler):
+    """Adds SASL XOAUTH2 and OAUTHBEARER (advertised in EHLO because the handler has these
+    ``auth_*`` methods): the bearer token must be a JWT signed by the capture's issuer, not
+    expired, for one of :attr:`SmtpCapture.oauth2_audiences`, whose ``email`` claim is the SASL
+    user.  Refusals follow RFC 7628 / Microsoft's XOAUTH2: a ``334`` JSON error challenge, then
+    ``535 5.7.3`` after the client's empty answer."""
+
+    async def auth_XOAUTH2(self, server, args):
+        return await self._bearer(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server, args):
+        return await self._bearer(server, args, "OAUTHBEARER")
+
+    async def _bearer(self, server, args, mechanism: str):
+        import base64
+        import binascii
+        import json
+
+        if len(args) == 2:
+            blob = args[1].encode()
+        else:
+            blob = await server.challenge_auth("", encode_to_b64=False)
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        try:
+            text = base64.b64decode(blob, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return AuthResult(success=False, handled=False,
+                              message="501 5.5.2 Cannot decode the AUTH response")
+        user, token = self.capture._parse_bearer(text, mechanism)
+        problem = self.capture._check_bearer(user, token)
+        if problem is None:
+            self.capture.oauth2_logins.append(user)
+            return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+        self.capture.oauth2_refusals.append(problem)
+        error = json.dumps({"status": "401", "schemes": "bearer", "scope": "https://outlook.office.com/SMTP.Send"})
+        await server.challenge_auth(error)  # the client answers with an empty line
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.3 Authentication unsuccessful")
+
+
+class _BigLineSMTP:
+    """aiosmtpd's SMTP with room for an AUTH line carrying a JWT (about 900 bytes; the stock
+    limits are 512 for a command and 1001 for a line)."""
+
+    @staticmethod
+    def make(base):
+        import collections
+
+        class SMTPWithLongAuth(base):
+            command_size_limit = 8192
+            line_length_limit = 8192
+
+            def __init__(self, *args, **kwargs):
+                # the stock default factory reads SMTP.command_size_limit, not ours
+                self.command_size_limits = collections.defaultdict(lambda: 8192)
+                super().__init__(*args, **kwargs)
+        return SMTPWithLongAuth
+
+
 class _Controller(Controller):
+    smtp_class = None  # set for OAuth2 captures
+
     def factory(self):
+        if self.smtp_class is not None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS",
+                                        UserWarning)
+                warnings.filterwarnings("ignore", "auth_required == True but auth_callback",
+                                        UserWarning)
+                return self.smtp_class(self.handler, **self.SMTP_kwargs)
         # aiosmtpd warns on every connection that AUTH without TLS is unsafe;
         # on a loopback test port that is the point, and the warning would
         # break runs with -W error.
@@ -134,11 +203,23 @@ class SmtpCapture:
       loopback only).
     """
 
-    def __init__(self, *, auth_user: str | None = None, auth_password: str | None = None) -> None:
+    def __init__(self, *, auth_user: str | None = None, auth_password: str | None = None,
+                 oauth2=None, oauth2_audiences: tuple[str, ...] = (
+                     "https://outlook.office365.com", "https://outlook.office.com")) -> None:
         if (auth_user is None) != (auth_password is None):
             raise ValueError("give both auth_user and auth_password, or neither")
         self.auth_user = auth_user
         self.auth_password = auth_password
+        # OAuth2: require AUTH XOAUTH2/OAUTHBEARER with tokens of this
+        # tests.servers.oauth_jwt.JwtIssuer (oauth2=True: a new one)
+        self.oauth2_issuer = None
+        if oauth2:
+            from tests.servers.oauth_jwt import JwtIssuer
+            self.oauth2_issuer = oauth2 if isinstance(oauth2, JwtIssuer) else JwtIssuer()
+        self.oauth2_audiences = list(oauth2_audiences)
+        #: SASL users logged in with a valid token, and why refused tokens were refused
+        self.oauth2_logins: list[str] = []
+        self.oauth2_refusals: list[str] = []
         self._port = free_port()
         self._started_once = False
         self._controller: Controller | None = None
@@ -178,6 +259,15 @@ class SmtpCapture:
         kwargs: dict = {}
         if self.auth_user is not None:
             kwargs.update(authenticator=self._authenticate, auth_required=True)
+        if self.oauth2_issuer is not None:
+            from aiosmtpd.smtp import SMTP
+            kwargs.update(auth_required=True)
+            controller = _Controller(
+                _OAuthHandler(self), hostname=HOST, port=self._port,
+                server_hostname=SERVER_HOSTNAME, auth_require_tls=False, ready_timeout=10,
+                **kwargs)
+            controller.smtp_class = _BigLineSMTP.make(SMTP)
+            return controller
         return _Controller(
             _Handler(self), hostname=HOST, port=self._port,
             server_hostname=SERVER_HOSTNAME,
@@ -300,6 +390,44 @@ class SmtpCapture:
             return reply
 
     # -- auth -------------------------------------------------------------
+
+    def oauth2_token(self, user: str = "complaints@example.org", *, ttl: float = 3600,
+                     **claims) -> str:
+        """A token this server accepts for ``user`` via XOAUTH2."""
+        if self.oauth2_issuer is None:
+            raise RuntimeError("make the capture with oauth2=True to use OAuth2 tokens")
+        return self.oauth2_issuer.issue(self.oauth2_audiences[0], email=user, ttl=ttl,
+                                        roles=["SMTP.SendAsApp"], **claims)
+
+    @staticmethod
+    def _parse_bearer(text: str, mechanism: str) -> tuple[str, str]:
+        """(user, token) from ``user=U^Aauth=Bearer T^A^A`` (XOAUTH2) or
+        ``n,a=U,^Aauth=Bearer T^A^A`` (OAUTHBEARER, RFC 7628)."""
+        user = token = ""
+        parts = text.split("\x01")
+        if mechanism == "OAUTHBEARER" and parts:
+            gs2 = parts.pop(0).split(",")
+            user = next((g[2:] for g in gs2 if g.startswith("a=")), "")
+        for part in parts:
+            if part.startswith("user="):
+                user = part[5:]
+            elif part.lower().startswith("auth=bearer "):
+                token = part[12:]
+        return user, token
+
+    def _check_bearer(self, user: str, token: str) -> str | None:
+        """None if the token is good for ``user``, else why not."""
+        import jwt
+
+        if not user or not token:
+            return "malformed XOAUTH2 response (no user= or auth=Bearer)"
+        try:
+            claims = self.oauth2_issuer.verify(token, audience=self.oauth2_audiences)
+        except jwt.InvalidTokenError as exc:
+            return f"invalid token: {type(exc).__name__}: {exc}"
+        if str(claims.get("email", "")).lower() != user.lower():
+            return f"token is for {claims.get('email')!r}, not {user!r}"
+        return None
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         ok = (
