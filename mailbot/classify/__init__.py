@@ -64,6 +64,7 @@ class Classifier:
             review_below = self.patterns.review_below
         self.review_below = review_below
         self.matcher = RuleMatcher(self.nlp, self.patterns) if self.patterns else None
+        self._dispute = self.patterns.context.dispute_pattern() if self.patterns else None
 
     def classify(self, msg: ParsedMessage) -> Classification:
         return self.classify_many([msg])[0]
@@ -102,6 +103,12 @@ class Classifier:
                 scores["appeal"] += context.outcome_appeal_weight
                 reasons.append(f"context appeal +{context.outcome_appeal_weight}: reference {reference} "
                                f"with {cue!r} in the subject or quoted letter")
+        if context and context.dispute_appeal_weight and reference and self._dispute is not None:
+            cue = self._dispute.search(doc.text.lower())
+            if cue:
+                scores["appeal"] += context.dispute_appeal_weight
+                reasons.append(f"context appeal +{context.dispute_appeal_weight}: reference {reference} "
+                               f"with {cue.group(0)!r} in the new text")
         if scr.channel == "auto_reply":
             label, confidence = "other", 1.0
             reasons.append(f"other: {scr.channel} mail is never a case")

@@ -54,6 +54,16 @@ class ContextRules(_Strict):
 
     outcome_phrases: list[str] = Field(default_factory=list)
     outcome_appeal_weight: float = Field(0.0, ge=0, le=5)
+    # words in the *new* text that dispute an answer already given; they count only together with a
+    # registration number, because a case that has had an answer is what an appeal is about
+    dispute_phrases: list[str] = Field(default_factory=list)
+    dispute_appeal_weight: float = Field(0.0, ge=0, le=5)
+
+    def dispute_pattern(self) -> re.Pattern[str] | None:
+        if not self.dispute_phrases:
+            return None
+        words = sorted((re.escape(p.lower()) for p in self.dispute_phrases), key=len, reverse=True)
+        return re.compile(r"(?<![\w'])(" + "|".join(words) + r")(?![\w'])")
 
 
 class PatternRules(_Strict):
