@@ -33,11 +33,25 @@ class AuditHead(SQLModel, table=True):
     count: int = 0
 
 
+ERASED = "[erased]"
+
+
+def content_digest(ev: Event) -> str:
+    payload = json.dumps([ev.actor, ev.detail or ""], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
 def event_hash(prev_hash: str, ev: Event) -> str:
     at = ev.at.isoformat() if ev.at is not None else ""
-    payload = json.dumps([prev_hash, ev.case_id, ev.message_id, at, ev.actor, ev.action, ev.detail or ""],
+    payload = json.dumps([prev_hash, ev.case_id, ev.message_id, at, ev.action, ev.content_digest],
                          ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def erase_event(ev: Event) -> None:
+    """Remove personal data from an event, keeping what the chain needs (its content digest).
+    The caller records which events it erased in an ``erased`` event of its own."""
+    ev.actor, ev.detail = ERASED, ERASED
 
 
 def _head(connection: Connection) -> dict:
@@ -60,6 +74,7 @@ def _head(connection: Connection) -> dict:
 def _chain(_mapper, connection: Connection, target: Event) -> None:
     head = _head(connection)
     target.prev_hash = head["hash"]
+    target.content_digest = content_digest(target)
     target.hash = event_hash(head["hash"], target)
     head["hash"] = target.hash
     head["count"] += 1
@@ -91,16 +106,30 @@ def verify(session: Session, limit_problems: int = 50) -> Verification:
     result = Verification()
     prev = GENESIS
     events = session.exec(sql_select(Event).order_by(col(Event.id)).execution_options(yield_per=1000))
+    erased_ok: set[int] = set()
+    erased_seen: list[int] = []
     for ev in events:
         result.events += 1
         if ev.prev_hash != prev:
             result.problems.append(f"event {ev.id}: the event before it was deleted or changed "
                                    f"(link {ev.prev_hash[:12]}… expected {prev[:12]}…)")
+        if ev.action == "erased" and ev.detail and ev.detail != ERASED:
+            try:
+                erased_ok.update(json.loads(ev.detail).get("events", []))
+            except (ValueError, AttributeError):
+                pass
+        if ev.actor == ERASED and ev.detail == ERASED:
+            erased_seen.append(ev.id)  # checked below against the erasure records
+        elif ev.content_digest != content_digest(ev):
+            result.problems.append(f"event {ev.id} ({ev.action}): its content was edited after it was written")
         if ev.hash != event_hash(ev.prev_hash or "", ev):
             result.problems.append(f"event {ev.id} ({ev.action}): its content was edited after it was written")
         prev = ev.hash or ""
         if len(result.problems) >= limit_problems:
             break
+    for event_id in erased_seen:
+        if event_id not in erased_ok and len(result.problems) < limit_problems:
+            result.problems.append(f"event {event_id}: erased without an erasure record")
     head = session.get(AuditHead, 1)
     if head is not None and len(result.problems) < limit_problems:
         if head.last_hash != prev or head.count != result.events:

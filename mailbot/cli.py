@@ -372,6 +372,63 @@ def export_person_cmd(address: str, out: Path = typer.Option(..., "--out", help=
                   f"{summary.events} event(s) written to {summary.path}/index.html")
 
 
+def _erase(application, plan, dry_run: bool, as_json: bool) -> None:
+    from mailbot.retention import execute, remove_from_mailbox
+
+    summary = plan.summary()
+    if dry_run:
+        if as_json:
+            print(json.dumps({"dry_run": True, **summary}, indent=2))
+            return
+        console.print(f"would erase {len(plan.cases)} case(s) and {len(plan.records)} other record(s) "
+                      f"({plan.reason}); nothing changed (dry run)")
+        for case in summary["cases"]:
+            console.print(f"  {case['reference']}  closed {str(case['closed_at'])[:10]}")
+        return
+    result = execute(application.db, plan)
+    removed = None
+    if result.message_ids:
+        try:
+            box = application.open_mailbox()
+            removed = remove_from_mailbox(box, result.message_ids)
+            box.close()
+        except (TransportError, NotImplementedError) as exc:
+            err.print(escape(f"warning: the mailbox copies could not be removed now: {exc}"))
+    if as_json:
+        print(json.dumps({"dry_run": False, **summary, "messages_erased": result.messages,
+                          "events_erased": result.events, "mailbox_copies_removed": removed}, indent=2))
+        return
+    console.print(f"erased {result.cases} case(s) and {len(plan.records)} other record(s): "
+                  f"{result.messages} message(s), {result.events} event(s); "
+                  f"{removed if removed is not None else 'no'} mailbox copies removed")
+
+
+@app.command()
+def purge(config: str = ConfigOption,
+          dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be erased."),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Erase personal data whose retention period (rules [retention]) is over; keep a minimal record."""
+    from mailbot.retention import plan_purge
+
+    application = _load(config)
+    with application.db.session() as session:
+        plan = plan_purge(session, application.rules)
+    _erase(application, plan, dry_run, as_json)
+
+
+@app.command("erase-person")
+def erase_person(address: str, config: str = ConfigOption,
+                 dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be erased."),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Erase everything held about one person (right to erasure), keeping minimal case records."""
+    from mailbot.retention import plan_erasure
+
+    application = _load(config)
+    with application.db.session() as session:
+        plan = plan_erasure(session, address)
+    _erase(application, plan, dry_run, as_json)
+
+
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 

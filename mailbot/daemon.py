@@ -23,6 +23,7 @@ from mailbot.pipeline import STORAGE_ERRORS, Outcome, StorageUnavailable, dedupe
 from mailbot.transport.base import Incoming, Mailbox, Sender, TransportError
 
 log = logging.getLogger(__name__)
+PURGE_EVERY_SECONDS = 24 * 3600
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.batch_size = app.config.mailbox.batch_size
         self.heartbeat = Heartbeat(app.db)
+        self._last_purge = -PURGE_EVERY_SECONDS
         self.metrics = Metrics()  # switched on by serve_metrics(), for the long-running daemon
         self.follow_ups = None  # mailbot.scheduler.FollowUpScheduler, started by run_forever
 
@@ -164,6 +166,7 @@ class Daemon:
                 self.run_follow_ups(report)
                 pause = 1.0
                 self.heartbeat.beat(len(report.outcomes))
+                self.purge_if_due()
                 if self.metrics.enabled:
                     self.metrics.polled(outbox.pending_count(self.app.db))
                 self.mailbox.wait(self.app.config.mailbox.poll_seconds)
@@ -180,6 +183,23 @@ class Daemon:
                 self.stopping.wait(pause)
                 pause = min(pause * 2, 300)
             report.outcomes.clear()
+
+    def purge_if_due(self) -> None:
+        """Once a day, erase what the retention rules say is due (idempotent, so a restart that
+        purges again does no harm)."""
+        now = time.monotonic()
+        if now - self._last_purge < PURGE_EVERY_SECONDS:
+            return
+        self._last_purge = now
+        from mailbot.retention import execute, plan_purge, remove_from_mailbox
+
+        with self.app.db.session() as session:
+            plan = plan_purge(session, self.app.rules)
+        if plan.cases or plan.records:
+            result = execute(self.app.db, plan)
+            removed = remove_from_mailbox(self.mailbox, result.message_ids)
+            log.info("retention: erased %s case(s), %s record(s), %s mailbox copies", result.cases,
+                     len(plan.records), removed)
 
     def stop(self, *_args) -> None:
         self.stopping.set()

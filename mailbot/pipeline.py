@@ -9,6 +9,7 @@ message out of the inbox.  A unique ``dedupe_key`` on inbound messages makes a s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import timedelta
@@ -20,6 +21,7 @@ from sqlalchemy.exc import (DisconnectionError, IntegrityError, InterfaceError, 
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, func, select
 
+from mailbot import staffmail
 from mailbot.app import App
 from mailbot.cases import registry
 from mailbot.cases.models import Case, CaseProgress, Event, Message, utcnow
@@ -32,6 +34,7 @@ from mailbot.outbox import queue
 from mailbot.policy.calendar import Calendar
 from mailbot.policy.context import build_context
 from mailbot.policy.rules import STAFF_ROLE
+from mailbot.staffmail.threads import find_case
 from mailbot.transport.base import Incoming
 
 log = logging.getLogger(__name__)
@@ -96,18 +99,27 @@ def process(app: App, incoming: Incoming, parsed: ParsedMessage | None = None,
         return _record_quarantine(app, incoming, f"internal error: {type(exc).__name__}: {exc}", msg)
 
 
+def erased_key(key: str) -> str:
+    """The key an erased message keeps (see mailbot/retention.py): no personal data in it, yet
+    the same mail arriving again is still recognised."""
+    return "erased:" + hashlib.sha256(key.encode()).hexdigest()
+
+
 def known_keys(app: App, messages: list[ParsedMessage]) -> set[str]:
     """Which of these messages are already recorded (one query for a whole batch)."""
     keys = [dedupe_key(m, m.sha256) for m in messages]
     if not keys:
         return set()
     with app.db.session() as session:
-        return set(session.exec(select(Message.dedupe_key).where(col(Message.dedupe_key).in_(keys))).all())
+        found = set(session.exec(select(Message.dedupe_key).where(
+            col(Message.dedupe_key).in_(keys + [erased_key(k) for k in keys]))).all())
+    return {k for k in keys if k in found or erased_key(k) in found}
 
 
 def _find_duplicate(session: Session, msg: ParsedMessage) -> Message | None:
+    key = dedupe_key(msg, msg.sha256)
     return session.exec(select(Message).where(
-        col(Message.dedupe_key) == dedupe_key(msg, msg.sha256))).first()
+        col(Message.dedupe_key).in_([key, erased_key(key)]))).first()
 
 
 def _duplicate_outcome(incoming: Incoming, original: Message) -> Outcome:
@@ -118,8 +130,6 @@ def _duplicate_outcome(incoming: Incoming, original: Message) -> Outcome:
 
 def _record_quarantine(app: App, incoming: Incoming, reason: str,
                        msg: ParsedMessage | None = None) -> Outcome:
-    import hashlib
-
     sha = hashlib.sha256(incoming.raw).hexdigest()
     key = dedupe_key(msg, sha)
     try:
@@ -166,8 +176,13 @@ def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage,
         return Outcome(incoming.uid, "processed", "recorded", label=cls.label,
                        channel=cls.channel, detail=row.reason)
 
-    existing = registry.case_by_reference(session, cls.reference) or registry.case_by_thread(
-        session, msg.thread_ids)
+    # staff working a case by email (commands, notes) and anything pretending to be them
+    handled = staffmail.handle(app, session, msg, cls, row, _received_at(msg))
+    if handled is not None:
+        return Outcome(incoming.uid, "processed", handled.action, reference=handled.reference,
+                       label=cls.label, channel=cls.channel, detail=handled.detail)
+
+    existing = find_case(session, app.rules, msg, cls.reference)
     now = _received_at(msg)
     progress = session.get(CaseProgress, existing.id) if existing is not None else None
     route = decide(msg, cls, existing, app.rules, progress=progress,
@@ -311,7 +326,9 @@ def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, ca
             letter = app.letters.render(route.letter, context)
         except LetterError as exc:
             raise RuntimeError(f"cannot write the {route.letter} letter: {exc}") from exc
-        email = build_email(letter, sender=sender, to=[msg.reply_address],
+        # on an existing case, letters go to its complainant of record, whoever else writes in
+        to = case.complainant if route.action == "add_to_case" and case.complainant else msg.reply_address
+        email = build_email(letter, sender=sender, to=[to],
                             in_reply_to=msg.message_id, references=msg.references)
         out = queue(session, email, case_id=case_id, purpose=route.letter, mail_from=mail_from)
         session.add(Event(case_id=case_id, message_id=row.id, actor="system",
@@ -320,6 +337,9 @@ def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, ca
         log.debug("queued %s as message %s", route.letter, out.id)
     staff = app.rules.addresses(route.staff_roles or [STAFF_ROLE],
                                 [a for a in app.config.staff.notify if a])
+    assignee = staffmail.assignee_address(session, case) if route.staff_letter == "staff_case_update" else None
+    if assignee and assignee not in staff:  # the member of staff the case was given to (#assign)
+        staff.append(assignee)
     if route.staff_letter and staff:
         try:
             letter = app.letters.render(route.staff_letter, context)

@@ -88,6 +88,9 @@ class Event(SQLModel, table=True):
     # tamper evidence (see mailbot/audit.py): set automatically when the row is inserted
     prev_hash: str = ""
     hash: str = ""
+    # digest of actor + detail: the chain covers it, so personal data can later be erased from
+    # actor/detail (retention, erasure requests) without breaking the chain
+    content_digest: str = ""
 
 
 class Counter(SQLModel, table=True):
@@ -137,6 +140,17 @@ class Deadline(SQLModel, table=True):
     extended_from: Optional[datetime] = _moment()
     created_at: Optional[datetime] = Field(default_factory=utcnow,
                                            sa_column=Column(UTCDateTime(), nullable=True))
+
+
+class CaseAssignee(SQLModel, table=True):
+    """The member of staff a case is assigned to by email (``#assign``, mailbot.staffmail): they
+    are told, and get the case's updates besides the roles the policy names.  A table of its
+    own so that databases created before it need no migration; the history is in Events."""
+
+    case_id: int = Field(foreign_key="case.id", primary_key=True)
+    address: str
+    assigned_by: str = ""
+    assigned_at: Optional[datetime] = _moment()
 
 
 class CaseProgress(SQLModel, table=True):

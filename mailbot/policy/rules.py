@@ -394,9 +394,19 @@ class ReplyLimits(_Strict):
     replies_per_hour: int = Field(500, ge=1, le=100000)
 
 
+class RetentionRules(_Strict):
+    """How long personal data is kept (UK GDPR storage limitation).  When the time is up,
+    ``mailbot purge`` erases names, addresses and mail, and keeps a minimal record: the
+    reference, kind, status, channel and dates of the case."""
+
+    closed_cases_days: int = Field(2190, ge=30, le=36500)  # after the case closed (6 years)
+    records_days: int = Field(180, ge=7, le=36500)  # mail that never became a case
+
+
 class Rules(_Strict):
     organisation: Organisation = Organisation()
     limits: ReplyLimits = ReplyLimits()
+    retention: RetentionRules = RetentionRules()
     reference: ReferenceRules = ReferenceRules()
     office_hours: OfficeHours = OfficeHours()
     reporting: list[ReportRule] = Field(default_factory=list)
@@ -525,7 +535,7 @@ STAFF_COMMAND_LETTERS = ("staff_command_result", "staff_assigned", "staff_escala
 
 # file (relative to the rules directory) -> key in the Rules model it fills
 RULE_FILES = {
-    "policy.toml": None,  # top-level tables: organisation, reference, office_hours, reporting, limits
+    "policy.toml": None,  # top-level tables: organisation, reference, office_hours, reporting, limits, retention
     "roles.toml": "roles",
     "workflow.toml": None,  # top-level tables: complaint, compliment, intake, anonymous, ...
     "channels.toml": "channels",

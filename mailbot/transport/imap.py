@@ -156,6 +156,33 @@ class ImapMailbox:
 
         return self._run("count", do)
 
+    def delete_handled(self, message_ids: list[str]) -> int:
+        """Remove handled copies (processed and quarantine folders) with these Message-IDs:
+        retention and erasure must not leave the mail behind in the mailbox."""
+        def do(box) -> int:
+            removed = 0
+            try:
+                for folder in self._folders.values():
+                    box.folder.set(folder)
+                    for message_id in message_ids:
+                        quoted = '"' + message_id.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                        typ, data = box.client.uid("SEARCH", None, "HEADER", "Message-ID", quoted)
+                        found = data[0].split() if typ == "OK" and data and data[0] else []
+                        if not found:
+                            continue
+                        uidset = b",".join(found).decode()
+                        box.client.uid("STORE", uidset, "+FLAGS.SILENT", r"(\Deleted)")
+                        if "UIDPLUS" in self.capabilities:
+                            box.client.uid("EXPUNGE", uidset)
+                        else:
+                            box.client.expunge()
+                        removed += len(found)
+            finally:
+                box.folder.set(self.folder)
+            return removed
+
+        return self._run("delete", do)
+
     def move(self, uids: list[str], destination: Destination) -> None:
         if not uids:
             return

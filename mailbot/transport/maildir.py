@@ -55,6 +55,25 @@ class MaildirMailbox:
         self._inbox._refresh()
         return len(self._inbox)
 
+    def delete_handled(self, message_ids: list[str]) -> int:
+        """Remove handled copies (processed and quarantine folders) with these Message-IDs:
+        retention and erasure must not leave the mail behind in the mailbox."""
+        from email.parser import BytesHeaderParser
+
+        wanted = {m.strip().lower() for m in message_ids}
+        parser, removed = BytesHeaderParser(), 0
+        for folder in self._folders.values():
+            folder._refresh()
+            for key in list(folder.iterkeys()):
+                try:
+                    headers = parser.parsebytes(folder.get_bytes(key))
+                except (KeyError, OSError):
+                    continue
+                if str(headers.get("Message-ID", "")).strip().lower() in wanted:
+                    folder.discard(key)
+                    removed += 1
+        return removed
+
     def move(self, uids: list[str], destination: Destination) -> None:
         target = self._folders[destination]
         for uid in uids:
