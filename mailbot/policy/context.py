@@ -59,6 +59,40 @@ class DeadlineView:
         return self.date
 
 
+@dataclass
+class ResultView:
+    """One staff command and what became of it, for the answer to staff."""
+
+    command: str  # "#extend 10 working days: ..." as written
+    ok: bool
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'done' if self.ok else 'NOT DONE'}: {self.command}: {self.message}"
+
+
+@dataclass
+class CommandView:
+    """What letters written because of a staff command (``mailbot.staffmail``) may use, as
+    ``command.*``.  Every letter gets one (empty when no command is involved), so a template
+    that uses it passes ``rules check`` like any other."""
+
+    text: str = ""  # staff's words for the complainant: a reply, an outcome, an extension's reason
+    author: str = ""  # "Jane Smith, Line Manager"
+    author_address: str = ""
+    results: list[ResultView] = field(default_factory=list)
+    not_understood: list[str] = field(default_factory=list)
+    help: list[str] = field(default_factory=list)  # the valid commands, one per line
+    done: bool = True  # everything asked for was done
+    previous_date: str = ""  # an extension: the date promised before
+    new_date: str = ""
+    window_closes: str = ""  # an outcome: the last day to ask for the next stage
+    final: bool = False  # an outcome at the last stage of the procedure
+    problem: str = ""  # a refused or unverified message: why
+    attempted: str = ""  # a refused message: its subject and commands
+    new_reference: str = ""  # #log: the case it registered
+
+
 def role_view(rules: Rules, key: str) -> RoleView:
     role = rules.role(key)
     return RoleView(key=key, title=rules.role_title(key), name=role.name, addresses=role.addresses)
@@ -95,7 +129,7 @@ def build_context(rules: Rules, *, case: Any, sender_name: str, sender_addr: str
                   deadlines: Iterable[Any] = (), stage: int = 0,
                   substitutions: dict[str, str] | None = None, owner_role: str | None = None,
                   staff_roles: Iterable[str] = (), reasons: Iterable[str] = (),
-                  publish: str = "") -> dict[str, Any]:
+                  publish: str = "", command: CommandView | None = None) -> dict[str, Any]:
     subs = substitutions or {}
     complaint = rules.complaint
     owner = owner_role or subs.get(complaint.owner, complaint.owner)
@@ -130,6 +164,7 @@ def build_context(rules: Rules, *, case: Any, sender_name: str, sender_addr: str
         "accepted_channels": [c for c in CHANNELS if c != "auto_reply" and rules.accepts(c)],
         "kept_open_flags": list(rules.withdrawal.keep_open_flags),
         "publish": publish,
+        "command": command or CommandView(),
     }
 
 
@@ -171,7 +206,15 @@ def sample_contexts(rules: Rules, *, with_case: bool = True) -> list[dict[str, A
         ("acknowledge", 0), ("respond", 0), ("appeal_window", 1), ("appeal_acknowledge", 1),
         ("appeal_respond", 1))]
     stage = 1 if rules.complaint.appeals else 0
-    rich = build_context(rules, deadlines=full_deadlines, stage=stage, **common)
+    command = CommandView(
+        text="We have spoken to the staff concerned and the sessions will be announced in advance.",
+        author="Sam Sample, Line Manager", author_address="sam@example.org",
+        results=[ResultView("#note", True, "recorded"), ResultView("#close", False, "sample refusal")],
+        not_understood=["#outcom (did you mean #outcome?)"], help=["#reply  send the text below"],
+        done=False, previous_date="Friday 25 September 2026", new_date="Friday 9 October 2026",
+        window_closes="Monday 19 October 2026", problem="sample problem",
+        attempted="RE: [sample] #close", new_reference=rules.reference.make(2026, 43))
+    rich = build_context(rules, deadlines=full_deadlines, stage=stage, command=command, **common)
     if not rich["deadlines"]:
         rich["deadlines"] = deadline_views(full_deadlines, 0)
     bare_common = dict(common, flags=[], sender_name="", needs_review=True, acknowledged=False,
