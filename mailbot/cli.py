@@ -610,5 +610,63 @@ def report(date_from: str = typer.Option(..., "--from", help="First day (YYYY-MM
                   highlight=False)
 
 
+auth_app = typer.Typer(help="OAuth2 sign-in for Microsoft 365 mailboxes (device-code flow).",
+                        no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
+
+
+def _auth_provider(config: str, section: str):
+    """The token provider of [mailbox] or [outgoing] (the kind decides IMAP/SMTP or Graph)."""
+    from mailbot.config import load_config
+    from mailbot.transport.oauth import provider_from_config
+
+    try:
+        cfg = load_config(config)
+        use = "graph" if cfg.mailbox.kind == "graph" else "outlook"
+        if section == "outgoing" and cfg.outgoing.auth != "oauth2" and cfg.outgoing.kind != "graph":
+            _fail("outgoing.auth is not \"oauth2\": nothing to sign in for")
+        if section == "mailbox" and cfg.mailbox.kind != "graph" and cfg.mailbox.auth != "oauth2":
+            _fail("mailbox.auth is not \"oauth2\" (and mailbox.kind is not \"graph\"): nothing "
+                  "to sign in for")
+        return provider_from_config(cfg, "mailbox" if cfg.outgoing.kind == "graph" else section, use)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@auth_app.command("login")
+def auth_login(config: str = ConfigOption,
+               section: str = typer.Option("mailbox", "--for", help="mailbox or outgoing")) -> None:
+    """Sign in once with a code shown here (oauth_flow = "device_code"); the daemon then renews
+    the token from the token cache by itself."""
+    from mailbot.transport.oauth import OAuthError
+
+    if section not in ("mailbox", "outgoing"):
+        _fail("--for must be mailbox or outgoing")
+    provider = _auth_provider(config, section)
+    try:
+        claims = provider.login(lambda text: console.print(text, highlight=False))
+    except OAuthError as exc:
+        _fail(escape(str(exc)))
+    who = claims.get("preferred_username") or provider.settings.username or "?"
+    console.print(f"signed in as {escape(str(who))}; the token is kept in "
+                  f"{provider.settings.token_cache} (readable by this user only)", highlight=False)
+
+
+@auth_app.command("status")
+def auth_status(config: str = ConfigOption,
+                section: str = typer.Option("mailbox", "--for", help="mailbox or outgoing")) -> None:
+    """Get a token now (from the cache or Microsoft Entra ID) and say what it allows."""
+    from mailbot.transport.oauth import OAuthError, describe_claims, token_claims
+
+    provider = _auth_provider(config, section)
+    try:
+        token = provider.token()
+    except OAuthError as exc:
+        _fail(escape(str(exc)))
+    claims = token_claims(token)
+    console.print(f"{escape(provider.description)}: token ok"
+                  + (f" ({escape(describe_claims(claims))})" if claims else ""), highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     app()

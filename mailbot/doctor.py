@@ -88,6 +88,66 @@ def explain_network(exc: BaseException, host: str, port: int | None, where: str)
     return StepFailed(f"{type(exc).__name__}: {exc}", f"check {where}.")
 
 
+#: Microsoft Entra ID error numbers (AADSTS...) mailbot can explain.
+_AADSTS = {
+    "AADSTS7000215": ("Microsoft Entra ID refused the client secret (AADSTS7000215: invalid "
+                      "client secret)",
+                      "put the secret's Value (shown once, when it was made), not its Secret ID, "
+                      "into the environment variable named in {section}.client_secret_env; if in "
+                      "doubt make a new one under Certificates & secrets."),
+    "AADSTS7000222": ("the client secret has expired (AADSTS7000222)",
+                      "make a new client secret under App registrations -> Certificates & secrets "
+                      "and put its value into the environment variable of client_secret_env."),
+    "AADSTS700016": ("Microsoft Entra ID knows no app with this client_id in this tenant "
+                     "(AADSTS700016)",
+                     "check {section}.client_id (the Application (client) ID) and tenant_id (the "
+                     "Directory (tenant) ID) on the app registration's Overview page."),
+    "AADSTS90002": ("Microsoft Entra ID knows no tenant with this tenant_id (AADSTS90002)",
+                    "check {section}.tenant_id: the Directory (tenant) ID of the organisation."),
+    "AADSTS700027": ("Microsoft Entra ID did not accept the client certificate (AADSTS700027)",
+                     "upload the certificate (its public part, .cer/.pem) under App registrations "
+                     "-> Certificates & secrets, and check {section}.client_certificate holds the "
+                     "matching private key."),
+    "AADSTS1002012": ("the requested scope is not valid for this flow (AADSTS1002012)",
+                      "leave {section}.oauth_scopes unset (the client_credentials flow needs a "
+                      "scope ending in /.default)."),
+    "AADSTS70011": ("the requested scope is not valid (AADSTS70011)",
+                    "leave {section}.oauth_scopes unset, or check its spelling."),
+    "AADSTS65001": ("nobody has consented to the app's permissions yet (AADSTS65001)",
+                    "an administrator must press 'Grant admin consent' on the app registration's "
+                    "API permissions page."),
+    "AADSTS7000218": ("the app registration wants a client secret or certificate (AADSTS7000218)",
+                      "set {section}.client_secret_env or client_certificate, or switch on 'Allow "
+                      "public client flows' for the device_code flow."),
+}
+
+
+def explain_oauth(exc, section: str) -> StepFailed:
+    """An OAuthError (no token from Microsoft Entra ID) in plain words."""
+    if exc.aadsts in _AADSTS:
+        detail, advice = _AADSTS[exc.aadsts]
+        return StepFailed(detail, advice.format(section=section))
+    if exc.code == "login_required":
+        return StepFailed(str(exc), "run `mailbot auth login` (with the same --config) and sign "
+                                    "in as the complaints mailbox.")
+    if exc.code == "configuration":
+        return StepFailed(str(exc), f"set {section}.client_secret_env or "
+                                    f"{section}.client_certificate.")
+    if exc.code == "certificate":
+        return StepFailed(str(exc), f"check {section}.client_certificate.")
+    if exc.code in ("network", "authority"):
+        from urllib.parse import urlsplit
+        text = str(exc)
+        host = urlsplit(text[text.find("https://"):].split()[0] if "https://" in text else "").hostname
+        failed = explain_network(exc, host or "the authority", None, f"{section}.oauth_authority")
+        if failed.detail.startswith(type(exc).__name__):  # nothing more specific found
+            return StepFailed(f"no token: {exc}", f"check {section}.tenant_id and "
+                              f"{section}.oauth_authority, and that this machine can reach it.")
+        return failed
+    return StepFailed(f"Microsoft Entra ID gave no token: {exc}",
+                      f"check {section}.client_id, tenant_id and the secret or certificate.")
+
+
 # -- runner -------------------------------------------------------------------------------------
 class Doctor:
     def __init__(self, config: Config, send_test: str | None = None):
@@ -169,7 +229,12 @@ class Doctor:
             state["mb"] = mb
             return f"connected ({box.security})"
 
+        def token() -> str:
+            return self._oauth_token_step(state, "mailbox", "outlook")
+
         def login() -> str:
+            if box.auth == "oauth2":
+                return self._imap_xoauth2_login(state)
             try:
                 state["mb"].login(box.username, box.resolve_password(), initial_folder=None)
             except MailboxLoginError as exc:
@@ -223,6 +288,8 @@ class Doctor:
 
         try:
             ok = (self.step("mailbox", f"connect to {box.host}:{box.port}", connect)
+                  and (box.auth != "oauth2" or self.step(
+                      "mailbox", f"get an OAuth2 token from {box.oauth_authority}", token))
                   and self.step("mailbox", f"log in as {box.username}", login)
                   and self.step("mailbox", "list folders", list_folders)
                   and self.step("mailbox", f"open {box.folder}", inbox))
@@ -335,6 +402,212 @@ class Doctor:
             if "box" in state:
                 state["box"].close()
 
+    # -- OAuth2 and Microsoft Graph -----------------------------------------------------------
+    def _oauth_token_step(self, state: dict, section: str, use: str) -> str:
+        from mailbot.transport.oauth import (OAuthError, describe_claims, provider_from_config,
+                                             token_claims)
+
+        provider = provider_from_config(self.config, section, use)
+        try:
+            token = provider.token()
+        except OAuthError as exc:
+            raise explain_oauth(exc, section) from exc
+        state["provider"], state["token"] = provider, token
+        claims = token_claims(token)
+        return "token issued" + (f" ({describe_claims(claims)})" if claims else "")
+
+    def _imap_xoauth2_login(self, state: dict) -> str:
+        box = self.config.mailbox
+        try:
+            state["mb"].xoauth2(box.username, state["token"], initial_folder=None)
+        except Exception as exc:  # noqa: BLE001 - imaplib raises its own error for a NO
+            text = str(exc)
+            unavailable = "UNAVAILABLE" in text.upper()
+            raise StepFailed(
+                f"the server refused the OAuth2 token for {box.username!r} (XOAUTH2): {text}",
+                ("the server could not check the token right now (it may lack a claim it maps to "
+                 "the mailbox); try again, and see the server's log. " if unavailable else "")
+                + "A token was issued, but the server does not accept it for this mailbox. "
+                "For Microsoft 365 with the client_credentials flow: the app registration needs "
+                "the IMAP.AccessAsApp application permission (Office 365 Exchange Online) with "
+                "admin consent, the scope must be https://outlook.office365.com/.default, and the "
+                "app's service principal must be registered in Exchange Online and given access to "
+                "the mailbox (New-ServicePrincipal, then Add-MailboxPermission -AccessRights "
+                "FullAccess); mailbox.username must be the mailbox address and IMAP must be "
+                "enabled for it. With the device_code flow, sign in (mailbot auth login) as the "
+                "mailbox or as someone with full access to it.") from exc
+        return f"logged in as {box.username} with OAuth2 (XOAUTH2)"
+
+    def _graph_box(self):
+        from mailbot.transport import graph
+        from mailbot.transport.oauth import provider_from_config
+
+        box = self.config.mailbox
+        # fail fast: the doctor must say "busy" or "refused" now, not after minutes of waiting
+        settings = graph.settings_from_config(box)
+        settings = graph.GraphSettings(mailbox=settings.mailbox, base_url=settings.base_url,
+                                       timeout=settings.timeout, max_wait=0)
+        return graph.GraphMailbox(settings, provider_from_config(self.config, "mailbox", "graph"),
+                                  folder=box.folder, processed_folder=box.processed_folder,
+                                  quarantine_folder=box.quarantine_folder)
+
+    def _explain_graph(self, exc: BaseException, what: str, token: str | None = None) -> StepFailed:
+        from urllib.parse import urlsplit
+
+        from mailbot.transport.graph import GraphError
+        from mailbot.transport.oauth import OAuthError, token_claims
+
+        box = self.config.mailbox
+        for e in _chain(exc):
+            if isinstance(e, OAuthError):
+                return explain_oauth(e, "mailbox")
+            if not isinstance(e, GraphError) or not e.status:
+                continue
+            if e.status == 403 and e.code in ("ErrorAccessDenied", "Authorization_RequestDenied",
+                                              "AccessDenied"):
+                claims = token_claims(token) if token else {}
+                granted = set(claims.get("roles", [])) | set(str(claims.get("scp", "")).split())
+                needed = "Mail.Send" if what == "send" else "Mail.ReadWrite"
+                detail = (f"Microsoft Graph denied access while trying to {what} "
+                          f"(403 ErrorAccessDenied): the app registration lacks {needed} for this "
+                          f"mailbox, or the application access policy excludes it")
+                if claims and needed not in granted:
+                    detail += (f" -- the token carries no {needed} permission (it has: "
+                               f"{', '.join(sorted(granted)) or 'none'})")
+                elif claims:
+                    detail += (f" -- the token does carry {needed}, so Exchange's access policy "
+                               f"or RBAC scope leaves {box.primary_smtp_address} out")
+                return StepFailed(
+                    detail,
+                    f"in the Microsoft Entra admin center, App registrations -> this app -> API "
+                    f"permissions: add Microsoft Graph application permissions Mail.ReadWrite and "
+                    f"Mail.Send and grant admin consent. If access is limited to the complaints "
+                    f"mailbox (an application access policy, or RBAC for Applications), make sure "
+                    f"{box.primary_smtp_address} is in it: Test-ApplicationAccessPolicy -Identity "
+                    f"{box.primary_smtp_address} -AppId {box.client_id} (or "
+                    f"Test-ServicePrincipalAuthorization) in Exchange Online PowerShell.")
+            if e.status == 401:
+                return StepFailed(
+                    f"Microsoft Graph refused the token (401 {e.code}): {e}",
+                    "the token must be for Microsoft Graph (scope https://graph.microsoft.com/"
+                    ".default for the client_credentials flow) and from the mailbox's own tenant "
+                    "(tenant_id); check this machine's clock as well.")
+            if e.status == 404 and e.code in ("ErrorInvalidUser", "ResourceNotFound",
+                                              "MailboxNotEnabledForRESTAPI", "ErrorNonExistentMailbox"):
+                return StepFailed(
+                    f"Microsoft Graph knows no mailbox {box.primary_smtp_address!r} ({e.code})",
+                    "check mailbox.primary_smtp_address: it must be a mailbox in Exchange Online "
+                    "(Graph cannot reach mailboxes on an on-premises Exchange server).")
+            if e.status == 404:
+                return StepFailed(f"not found while trying to {what}: {e}",
+                                  "check mailbox.folder: INBOX, or a folder path below the top of "
+                                  "the mailbox such as \"Complaints/Incoming\".")
+            if e.status in (429, 503):
+                return StepFailed(f"Microsoft Graph says it is too busy right now ({e.status})",
+                                  "try again in a few minutes; Outlook allows 4 requests at a time "
+                                  "and 10,000 per 10 minutes per app and mailbox.")
+            return StepFailed(f"Microsoft Graph answered while trying to {what}: {e}",
+                              "see Graph's answer above.")
+        url = urlsplit(box.graph_url)
+        return explain_network(exc, url.hostname or "?", url.port, "mailbox.graph_url")
+
+    def _mailbox_graph(self) -> None:
+        from mailbot.transport.oauth import OAuthError, describe_claims, token_claims
+
+        box = self.config.mailbox
+        state: dict = {}
+
+        def token() -> str:
+            state["box"] = self._graph_box()
+            try:
+                state["token"] = state["box"].client.tokens.token()
+            except OAuthError as exc:
+                raise explain_oauth(exc, "mailbox") from exc
+            claims = token_claims(state["token"])
+            return "token issued" + (f" ({describe_claims(claims)})" if claims else "")
+
+        def inbox() -> str:
+            try:
+                path = state["box"].inbox_path()
+                found = state["box"].client.json("GET", path, params={"$select": "totalItemCount"})
+            except Exception as exc:  # noqa: BLE001
+                raise self._explain_graph(exc, f"open {box.folder}", state.get("token")) from exc
+            return f"{box.folder}: {found.get('totalItemCount', '?')} message(s) waiting"
+
+        def delta() -> str:
+            try:
+                listed = state["box"].sync()
+            except Exception as exc:  # noqa: BLE001
+                raise self._explain_graph(exc, f"follow changes in {box.folder}",
+                                          state.get("token")) from exc
+            return f"delta query works ({len(listed)} message(s) listed)"
+
+        def folder(destination: str, name: str) -> Callable[[], str]:
+            def check() -> str:
+                try:
+                    state["box"].target(destination)
+                except Exception as exc:  # noqa: BLE001
+                    raise self._explain_graph(exc, f"find or create the folder {name!r}",
+                                              state.get("token")) from exc
+                return f"{name} ready"
+            return check
+
+        try:
+            if (self.step("mailbox", f"get an OAuth2 token from {box.oauth_authority}", token)
+                    and self.step("mailbox", f"open {box.folder} of {box.primary_smtp_address}",
+                                  inbox)
+                    and self.step("mailbox", f"read {box.folder} with a delta query", delta)):
+                for destination, name in (("processed", box.processed_folder),
+                                          ("quarantine", box.quarantine_folder)):
+                    if not self.step("mailbox", f"folder {name}", folder(destination, name)):
+                        break
+        finally:
+            if "box" in state:
+                state["box"].close()
+
+    def _outgoing_graph(self) -> None:
+        from mailbot.transport import graph
+        from mailbot.transport.base import PermanentSendError
+        from mailbot.transport.oauth import OAuthError, provider_from_config, token_claims
+
+        state: dict = {}
+        box = self.config.mailbox
+
+        def permission() -> str:
+            settings = graph.settings_from_config(box)
+            settings = graph.GraphSettings(mailbox=settings.mailbox, base_url=settings.base_url,
+                                           timeout=settings.timeout, max_wait=0)
+            provider = provider_from_config(self.config, "mailbox", "graph")
+            state["sender"] = graph.GraphSender(settings, provider)
+            try:
+                state["token"] = provider.token()
+            except OAuthError as exc:
+                raise explain_oauth(exc, "mailbox") from exc
+            claims = token_claims(state["token"])
+            granted = set(claims.get("roles", [])) | set(str(claims.get("scp", "")).split())
+            if claims and "Mail.Send" not in granted:
+                raise StepFailed(
+                    "the app registration lacks Mail.Send: the token carries no permission to "
+                    f"send mail (it has: {', '.join(sorted(granted)) or 'none'})",
+                    "in the Microsoft Entra admin center, App registrations -> this app -> API "
+                    "permissions: add the Microsoft Graph application permission Mail.Send and "
+                    "grant admin consent (and keep the mailbox inside any application access "
+                    "policy or RBAC scope).")
+            return "the token carries Mail.Send" if claims else "token issued"
+
+        def explain(exc: BaseException) -> StepFailed:
+            if isinstance(exc, PermanentSendError):
+                return StepFailed(str(exc), "check outgoing.from: Graph sends as the mailbox and "
+                                            "needs Send As rights for any other address.")
+            return self._explain_graph(exc, "send", state.get("token"))
+
+        try:
+            if self.step("outgoing", "Microsoft Graph permission to send", permission):
+                self._send_step(state["sender"], explain)
+        finally:
+            if "sender" in state:
+                state["sender"].close()
+
     # -- outgoing -------------------------------------------------------------------------------
     def _test_message(self) -> EmailMessage:
         out = self.config.outgoing
@@ -393,8 +666,23 @@ class Doctor:
     def _explain_smtp(self, exc: BaseException) -> StepFailed:
         import smtplib
 
+        from mailbot.transport.oauth import OAuthError
+
         out = self.config.outgoing
         for e in _chain(exc):
+            if isinstance(e, OAuthError):
+                return explain_oauth(e, "outgoing")
+            if isinstance(e, smtplib.SMTPAuthenticationError) and out.auth == "oauth2":
+                return StepFailed(
+                    f"the SMTP server refused the OAuth2 token ({e.smtp_code} {e.smtp_error!r})",
+                    "a token was issued, but the server does not accept it for this mailbox. "
+                    "For Microsoft 365 (smtp.office365.com, port 587, starttls): with the "
+                    "client_credentials flow the app needs the SMTP.SendAsApp application "
+                    "permission (Office 365 Exchange Online) with admin consent, and its service "
+                    "principal must be registered in Exchange Online and given access to the "
+                    "mailbox (New-ServicePrincipal, Add-MailboxPermission); outgoing.username "
+                    "must be the mailbox address; SMTP AUTH must be switched on for the mailbox "
+                    "(Set-CASMailbox -SmtpClientAuthenticationDisabled $false).")
             if isinstance(e, smtplib.SMTPAuthenticationError):
                 return StepFailed(f"the SMTP server refused the user name {out.username!r} or its "
                                   f"password ({e.smtp_code} {e.smtp_error!r})",
@@ -425,13 +713,24 @@ class Doctor:
         state: dict = {}
 
         def connect() -> str:
-            sender = SmtpSender(out.host, out.port, out.security, out.username,
-                                out.resolve_password(), out.timeout_seconds)
+            if out.auth == "oauth2":
+                from mailbot.transport.oauth import provider_from_config
+                box = self.config.mailbox
+                sender = SmtpSender(out.host, out.port, out.security,
+                                    out.username or box.username or box.primary_smtp_address, None,
+                                    out.timeout_seconds,
+                                    token_provider=provider_from_config(self.config, "outgoing",
+                                                                        "outlook"))
+            else:
+                sender = SmtpSender(out.host, out.port, out.security, out.username,
+                                    out.resolve_password(), out.timeout_seconds)
             state["sender"] = sender
             try:
                 sender._conn = sender._connect()  # connect, EHLO, STARTTLS, AUTH
             except Exception as exc:  # noqa: BLE001
                 raise self._explain_smtp(exc) from exc
+            if out.auth == "oauth2":
+                return f"connected ({out.security}), logged in as {sender.username} with OAuth2"
             return (f"connected ({out.security})"
                     + (f", logged in as {out.username}" if out.username else ""))
 

@@ -30,8 +30,8 @@ Behaviour:
   they look like real ones (base64url with ``-``, ``_`` and a trailing ``=``).
 * :meth:`throttle` answers the next N matching requests with ``429`` (``ApplicationThrottled``)
   or ``503`` and a ``Retry-After``; :meth:`fail` with any status and error code;
-  :meth:`reject_tokens_issued_before` makes tokens expire early (as a revoked or timed-out
-  token does).
+  :meth:`expire_tokens_now` / :meth:`expire_tokens_after` make the tokens seen so far
+  expire (at once, or after N more requests: in the middle of a run).
 * sendMail takes at most 4 MB (``413`` beyond), refuses bad base64
   (``ErrorMimeContentInvalidBase64String``), a From address other than the mailbox
   (``ErrorSendAsDenied``), and keeps a copy of each sent message in Sent Items.
@@ -165,7 +165,11 @@ class GraphFake:
         self.send_as: set[str] = set()
         self.excluded = False  # the mailbox is outside the app's application access policy
         self._injected: list[Injected] = []
-        self._tokens_invalid_before = 0.0
+        self._expired: set[str] = set()
+        self._expire_countdown: int | None = None
+        #: 401s answered because a token had expired, and initial (full) delta rounds started
+        self.expired_answered = 0
+        self.initial_rounds = 0
         self._delta_tokens: dict[str, tuple[str, dict[str, int]]] = {}
         self._rounds: dict[str, Round] = {}
         self._clock = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
@@ -260,10 +264,17 @@ class GraphFake:
         with self._lock:
             self._injected.append(Injected(status, code, message, times, match))
 
-    def reject_tokens_issued_before(self, moment: float | None = None) -> None:
-        """Tokens issued before ``moment`` (default: now) count as expired from now on."""
+    def expire_tokens_now(self) -> None:
+        """Every token seen so far counts as expired from now on (as a token does that ends
+        early: revoked, or the client's clock is off)."""
         with self._lock:
-            self._tokens_invalid_before = time.time() + 1 if moment is None else moment
+            self._expired.update(self.tokens_seen)
+
+    def expire_tokens_after(self, requests: int) -> None:
+        """After ``requests`` more accepted requests, every token seen so far expires: a token
+        running out in the middle of a run."""
+        with self._lock:
+            self._expire_countdown = requests
 
     def expire_delta_tokens(self) -> None:
         with self._lock:
@@ -340,11 +351,17 @@ class GraphFake:
         except jwt.InvalidTokenError as exc:
             raise Refusal(401, "InvalidAuthenticationToken",
                           f"Access token validation failure ({type(exc).__name__}).") from None
-        if claims.get("iat", 0) < self._tokens_invalid_before:
+        if token in self._expired:
+            self.expired_answered += 1
             raise Refusal(401, "InvalidAuthenticationToken",
                           "Lifetime validation failed, the token is expired.")
         if token not in self.tokens_seen:
             self.tokens_seen.append(token)
+        if self._expire_countdown is not None:
+            self._expire_countdown -= 1
+            if self._expire_countdown <= 0:
+                self._expire_countdown = None
+                self._expired.update(self.tokens_seen)
         return claims
 
     def _check_prefer(self, headers) -> None:
@@ -466,6 +483,7 @@ class GraphFake:
             else:
                 select = self._select(query, MESSAGE_PROPS, "delta")
                 snapshot = {}
+                self.initial_rounds += 1
             entries = []
             for item in sorted((self.items[i] for i in current), key=lambda i: (i.received, i.id),
                                reverse=True):  # Graph's own order is not oldest first
