@@ -63,7 +63,7 @@ def run(config: str = ConfigOption,
         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the daemon (or one pass with --once)."""
     from mailbot.daemon import Daemon
-    from mailbot.pipeline import StorageUnavailable
+    from mailbot.pipeline import InternalError, StorageUnavailable
 
     _logging(verbose)
     application = _load(config)
@@ -79,7 +79,7 @@ def run(config: str = ConfigOption,
             return
         try:
             report = daemon.run_once()
-        except (TransportError, StorageUnavailable) as exc:
+        except (TransportError, StorageUnavailable, InternalError) as exc:
             _fail(str(exc))
         table = Table(title=f"mailbot: {len(report.outcomes)} message(s) handled")
         for column in ("#", "action", "reference", "label", "channel"):
@@ -401,6 +401,36 @@ def _erase(application, plan, dry_run: bool, as_json: bool) -> None:
     console.print(f"erased {result.cases} case(s) and {len(plan.records)} other record(s): "
                   f"{result.messages} message(s), {result.events} event(s); "
                   f"{removed if removed is not None else 'no'} mailbox copies removed")
+
+
+@app.command()
+def requeue(config: str = ConfigOption) -> None:
+    """Give quarantined mail another try: move it back to the inbox and forget its quarantine
+    outcome (the record stays in the timeline).  Use after fixing what made it fail."""
+    from sqlmodel import col, select
+
+    from mailbot.cases.models import Event, Message
+
+    application = _load(config)
+    box = application.open_mailbox()
+    mover = getattr(box, "requeue", None)
+    if mover is None:
+        _fail(f"{box.description}: this mailbox kind cannot requeue yet; move the mail by hand")
+    with application.db.session() as session:
+        rows = session.exec(select(Message).where(col(Message.direction) == "in",
+                                                  col(Message.outcome) == "quarantined")).all()
+        for row in rows:
+            row.dedupe_key = f"requeued:{row.id}:{row.dedupe_key}"[:500]
+            row.outcome = "requeued"
+            session.add(row)
+            session.add(Event(message_id=row.id, actor="admin", action="requeued",
+                              detail=row.reason[:500]))
+    try:
+        moved = mover()
+    finally:
+        box.close()
+    console.print(f"{moved} message(s) moved back to the inbox; {len(rows)} quarantine record(s) "
+                  "cleared for another try")
 
 
 @app.command()

@@ -19,11 +19,12 @@ from mailbot.app import App
 from mailbot.observe import Heartbeat, Metrics
 from mailbot.classify import Classification
 from mailbot.intake.parse import ParsedMessage, ParseError, parse
-from mailbot.pipeline import STORAGE_ERRORS, Outcome, StorageUnavailable, dedupe_key, known_keys, process
+from mailbot.pipeline import STORAGE_ERRORS, InternalError, Outcome, StorageUnavailable, dedupe_key, known_keys, process
 from mailbot.transport.base import Incoming, Mailbox, Sender, TransportError
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 24 * 3600
+BREAKER_LIMIT = 3  # after this many bugs in a row, stop quarantining and back off
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.batch_size = app.config.mailbox.batch_size
         self.heartbeat = Heartbeat(app.db)
+        self.internal_errors = 0  # consecutive messages that met a bug (the circuit breaker)
         self._last_purge = -PURGE_EVERY_SECONDS
         self.metrics = Metrics()  # switched on by serve_metrics(), for the long-running daemon
         self.follow_ups = None  # mailbot.scheduler.FollowUpScheduler, started by run_forever
@@ -64,7 +66,12 @@ class Daemon:
                 if self.stopping.is_set():
                     break
                 parsed, classification = prepared.get(incoming.uid, (None, None))
-                outcome = process(self.app, incoming, parsed, classification)
+                outcome = process(self.app, incoming, parsed, classification,
+                                  quarantine_bugs=self.internal_errors < BREAKER_LIMIT)
+                if outcome.action == "quarantined" and outcome.detail.startswith("internal error"):
+                    self.internal_errors += 1
+                elif outcome.action != "duplicate":
+                    self.internal_errors = 0
                 self.metrics.handled(outcome.action)
                 seen.add(incoming.uid)
                 report.outcomes.append(outcome)
@@ -170,6 +177,14 @@ class Daemon:
                 if self.metrics.enabled:
                     self.metrics.polled(outbox.pending_count(self.app.db))
                 self.mailbox.wait(self.app.config.mailbox.poll_seconds)
+            except InternalError as exc:
+                log.error("the same kind of failure on %s messages in a row (%s): leaving the rest "
+                          "in the inbox and retrying in %.0f s; fix the cause, then `mailbot requeue`",
+                          self.internal_errors, exc, pause)
+                self.heartbeat.beat(error=f"circuit breaker open: {exc}")
+                self.metrics.error()
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 300)
             except (TransportError, StorageUnavailable) as exc:
                 log.warning("%s; retrying in %.0f s", exc, pause)
                 self.heartbeat.beat(error=str(exc))

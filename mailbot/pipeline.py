@@ -67,8 +67,14 @@ def dedupe_key(msg: ParsedMessage | None, raw_sha256: str) -> str:
     return f"sha256:{raw_sha256}"
 
 
+class InternalError(Exception):
+    """A bug met while handling a message, raised instead of quarantining when the caller says
+    so (the daemon's circuit breaker: the same bug on message after message is the code's
+    fault, not the mail's, and must not empty the inbox into quarantine)."""
+
+
 def process(app: App, incoming: Incoming, parsed: ParsedMessage | None = None,
-            classification: Classification | None = None) -> Outcome:
+            classification: Classification | None = None, *, quarantine_bugs: bool = True) -> Outcome:
     """Handle one message.  A caller working in batches may pass the message already parsed
     and classified (``Classifier.classify_many`` is much faster per message)."""
     try:
@@ -95,6 +101,8 @@ def process(app: App, incoming: Incoming, parsed: ParsedMessage | None = None,
     except STORAGE_ERRORS as exc:
         raise StorageUnavailable(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - a bug on one message must not stop the mailbox
+        if not quarantine_bugs:
+            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
         log.exception("internal error on %s; quarantining it", incoming.uid)
         return _record_quarantine(app, incoming, f"internal error: {type(exc).__name__}: {exc}", msg)
 

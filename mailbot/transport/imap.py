@@ -156,6 +156,28 @@ class ImapMailbox:
 
         return self._run("count", do)
 
+    def requeue(self) -> int:
+        """Put every quarantined message back into the inbox (after the cause was fixed)."""
+        def do(box) -> int:
+            try:
+                box.folder.set(self._folders["quarantine"])
+                typ, data = box.client.uid("SEARCH", None, "UNDELETED")
+                found = data[0].split() if typ == "OK" and data and data[0] else []
+                target = encode_folder(self.folder)
+                for start in range(0, len(found), 500):
+                    uidset = b",".join(found[start:start + 500]).decode()
+                    if "MOVE" in self.capabilities:
+                        box.client.uid("MOVE", uidset, target)
+                    else:
+                        box.client.uid("COPY", uidset, target)
+                        box.client.uid("STORE", uidset, "+FLAGS.SILENT", r"(\Deleted)")
+                        box.client.expunge()
+                return len(found)
+            finally:
+                box.folder.set(self.folder)
+
+        return self._run("requeue", do)
+
     def delete_handled(self, message_ids: list[str]) -> int:
         """Remove handled copies (processed and quarantine folders) with these Message-IDs:
         retention and erasure must not leave the mail behind in the mailbox."""

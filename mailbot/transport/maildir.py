@@ -55,6 +55,20 @@ class MaildirMailbox:
         self._inbox._refresh()
         return len(self._inbox)
 
+    def requeue(self) -> int:
+        """Put every quarantined message back into the inbox (after the cause was fixed)."""
+        folder = self._folders["quarantine"]
+        folder._refresh()
+        moved = 0
+        for key in list(folder.iterkeys()):
+            try:
+                src = os.path.join(folder._path, folder._lookup(key))
+            except KeyError:
+                continue
+            os.rename(src, os.path.join(self._inbox._path, "new", os.path.basename(src).split(":")[0]))
+            moved += 1
+        return moved
+
     def delete_handled(self, message_ids: list[str]) -> int:
         """Remove handled copies (processed and quarantine folders) with these Message-IDs:
         retention and erasure must not leave the mail behind in the mailbox."""
