@@ -468,18 +468,18 @@ class GraphMailbox:
             index = self.sync()
             oldest = sorted(index.items(), key=lambda kv: (kv[1], kv[0]))[:limit]
             out: list[Incoming] = []
-            gone: set[str] = set()
             for item_id, _received in oldest:
                 try:
                     response = self.client.request("GET", f"messages/{quote(item_id, safe='')}/$value")
                 except GraphError as exc:
-                    if exc.status == 404:  # moved or deleted since the delta round
-                        gone.add(item_id)
+                    if exc.status == 404:
+                        # moved or deleted since the delta round: skipped now, and dropped from
+                        # the list when the next round reports it removed (never on a 404 alone,
+                        # which must not make a waiting message invisible)
+                        log.info("%s: %s not found; skipped this round", self.description, item_id)
                         continue
                     raise
                 out.append(Incoming(self._prefix + item_id, response.content))
-            if gone:
-                self._forget(gone)
             self._known = {m.uid for m in out}
             return out
 
