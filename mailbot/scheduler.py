@@ -691,6 +691,27 @@ def _letter(app, session: Session, item: Planned, case: Case, now: datetime, *,
     return out.id
 
 
+def with_attachments(body, files: list[tuple[str, str, str, bytes]]):
+    """The letter (as ``build_email`` made it) inside a multipart/mixed with the files attached;
+    the envelope headers move to the outer part."""
+    from email.mime.application import MIMEApplication
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    outer = MIMEMultipart("mixed")
+    for name, value in list(body.items()):
+        if not name.lower().startswith(("content-", "mime-version")):
+            outer[name] = value
+            del body[name]
+    outer.attach(body)
+    for filename, maintype, subtype, data in files:
+        part = (MIMEText(data.decode("utf-8"), subtype, "utf-8") if maintype == "text"
+                else MIMEApplication(data, subtype))
+        part.add_header("Content-Disposition", "attachment", filename=filename)
+        outer.attach(part)
+    return outer
+
+
 def _report_mail(app, session: Session, item: Planned, now: datetime) -> int | None:
     """The periodic report: a short mail with the report attached as HTML and PDF."""
     from mailbot.reports import build_report, render_html, render_pdf
@@ -708,12 +729,11 @@ def _report_mail(app, session: Session, item: Planned, now: datetime) -> int | N
     to = rules.addresses(rule.to, [a for a in app.config.staff.notify if a])
     if not to:
         return None
-    email = build_email(letter, sender=app.config.outgoing.from_, to=to)
     stem = re.sub(r"[^a-z0-9]+", "-", rule.name.lower()).strip("-") or "report"
     filename = f"{stem}-{start.isoformat()}-to-{(end - timedelta(days=1)).isoformat()}"
-    email.add_attachment(html.encode("utf-8"), maintype="text", subtype="html",
-                         filename=f"{filename}.html")
-    email.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{filename}.pdf")
+    email = with_attachments(build_email(letter, sender=app.config.outgoing.from_, to=to),
+                             [(f"{filename}.html", "text", "html", html.encode("utf-8")),
+                              (f"{filename}.pdf", "application", "pdf", pdf)])
     out = queue(session, email, case_id=None, purpose=LETTERS[PERIODIC_REPORT],
                 mail_from=app.config.outgoing.from_address)
     session.flush()
@@ -748,8 +768,28 @@ class FollowUpScheduler:
 
     def __init__(self, app, *, sender_factory: Callable[[], Any] | None = None,
                  name: str = "default", horizon: timedelta = timedelta(days=120)):
+        from apscheduler.jobstores.base import JobLookupError
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.schedulers.base import STATE_STOPPED
+
+        class Scheduler(BackgroundScheduler):
+            """A job already gone is not an error here: APScheduler removes a fired date job
+            itself, and a second daemon on the same database (same job table) may have done so
+            first.  Raised inside APScheduler's loop, it would stop the alarm clock."""
+
+            def remove_job(self, job_id, jobstore=None):
+                try:
+                    super().remove_job(job_id, jobstore)
+                except JobLookupError:
+                    log.debug("follow-up job %s was already gone", job_id)
+
+            def _process_jobs(self):
+                # APScheduler 3 looks for due jobs once more after shutdown, when its executor is
+                # gone; a job due at that moment stays in the table for the next start instead
+                if self.state == STATE_STOPPED:
+                    return None
+                return super()._process_jobs()
 
         self.app = app
         self.name = name
@@ -757,7 +797,7 @@ class FollowUpScheduler:
         self.sender_factory = sender_factory
         self.lock = threading.Lock()
         self.jobstore = SQLAlchemyJobStore(engine=app.db.engine, tablename=JOB_TABLE)
-        self.scheduler = BackgroundScheduler(
+        self.scheduler = Scheduler(
             jobstores={"default": self.jobstore}, timezone=timezone.utc,
             job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1})
         self.last: SweepResult | None = None
@@ -794,12 +834,12 @@ class FollowUpScheduler:
     def sync(self, now: datetime | None = None) -> None:
         """Add the jobs for moments that are new, drop those no longer needed."""
         wanted = self.wanted(now)
-        have = {job.id for job in self.scheduler.get_jobs() if job.id.startswith(f"{JOB_PREFIX}{self.name}:")}
-        for job_id in have - set(wanted):
-            try:
-                self.scheduler.remove_job(job_id)
-            except Exception:  # noqa: BLE001 - already gone (it ran)
-                pass
+        mine = [job for job in self.scheduler.get_jobs() if job.id.startswith(f"{JOB_PREFIX}{self.name}:")]
+        have = {job.id for job in mine}
+        real_now = datetime.now(timezone.utc)
+        for job in mine:  # stale ones, but never one APScheduler is about to fire and remove
+            if job.id not in wanted and job.next_run_time and job.next_run_time > real_now:
+                self.scheduler.remove_job(job.id)
         for job_id in sorted(set(wanted) - have):
             self.scheduler.add_job(run_job, "date", run_date=wanted[job_id], args=[self.name],
                                    id=job_id, name="mailbot follow-ups", replace_existing=True)
@@ -841,3 +881,71 @@ def stored_job_times(engine) -> list[datetime]:
         rows = conn.execute(text(f"SELECT id, next_run_time FROM {JOB_TABLE}")).all()
     return sorted(datetime.fromtimestamp(t, timezone.utc) for i, t in rows
                   if t is not None and str(i).startswith(JOB_PREFIX))
+
+
+# ---------------------------------------------------------------------------------------------
+# `mailbot rules check`: the follow-up letters are rendered with sample data too
+
+
+def _sample_follow_ups(rules: Rules) -> list[dict]:
+    deadline = {"name": "respond", "rule": "28 days", "date": "Tuesday 12 May 2026",
+                "when": "Tuesday 12 May 2026 at 17:00", "stage": 0, "what": WHAT["respond"]}
+    summary = {"reference": rules.reference.make(2026, 42), "kind": "complaint", "channel": "email",
+               "opened": "14 April 2026", "flags": ["legal"], "themes": ["Communication"],
+               "outcome": "upheld", "stage": 0, "stage_name": "first response",
+               "deadlines": [{"name": "responded", "rule": "28 days", "result": "met"}],
+               "actions": ["remedial action: session times now texted to parents"]}
+    plain = {"kind": REMINDER, "why": "sample", "offset": "2 working days", "to": ["Line Manager"],
+             "number": 0, "deadline": deadline, "reason": "", "extended": False, "new_date": "",
+             "first_date": "Tuesday 12 May 2026", "overdue_days": 0, "report": summary,
+             "compliment_text": "Thank you to the team."}
+    rich = dict(plain, number=2, reason="the investigator is on annual leave", extended=True,
+                new_date="Tuesday 26 May 2026", overdue_days=3,
+                deadline=dict(deadline, name="respond", stage=1, what=WHAT["appeal_respond"].format(stage="review")),
+                report=dict(summary, actions=[], flags=[]))
+    return [plain, rich]
+
+
+def check_follow_up_letters(rules: Rules, templates) -> list[str]:
+    """Problems with the follow-up letters these rules will send, as 'templates/NAME: ...'."""
+    from pathlib import Path
+
+    from mailbot.letters import Letters
+    from mailbot.policy.context import sample_contexts
+
+    templates = Path(templates)
+    letters = Letters(templates)
+    used: list[tuple[str, str]] = [("reminder", rules.reminders.letter)]
+    if rules.reminders.escalate:
+        used.append(("escalation", rules.reminders.escalation_letter))
+    if rules.holding_letter.letter:
+        used.append(("holding letter", rules.holding_letter.letter))
+    used.append(("compliment passed on", LETTERS[COMPLIMENT]))
+    if any(r.after_outcome for r in rules.reporting):
+        used.append(("outcome report", LETTERS[OUTCOME_REPORT]))
+    problems = []
+    for kind, name in used:
+        if not letters.exists(name):
+            problems.append(f"{templates / name}: the follow-up {kind} letter {name!r} does not exist "
+                            f"(create {name}.subject.j2 and {name}.txt.j2)")
+            continue
+        try:
+            for base in sample_contexts(rules):
+                for follow in _sample_follow_ups(rules):
+                    letters.render(name, dict(base, follow_up=follow))
+        except LetterError as exc:
+            problems.append(f"{templates / name}: cannot be written (follow-up {kind}): {exc}")
+    if any(r.every for r in rules.reporting):
+        from mailbot.reports.data import Report
+
+        name = LETTERS[PERIODIC_REPORT]
+        sample = Report(title="Sample report", organisation=rules.organisation.name,
+                        start=date(2026, 4, 1), end=date(2026, 7, 1), generated_at=datetime(2026, 7, 1, tzinfo=timezone.utc))
+        for rule in (r for r in rules.reporting if r.every):
+            try:
+                letters.render(name, {"org": rules.organisation, "report": sample, "rule": rule,
+                                      "period": sample.period, "to": [rules.role_title(r) for r in rule.to]})
+            except LetterError as exc:
+                problems.append(f"{templates / name}: cannot be written (follow-up report): {exc}")
+                break
+    return problems

@@ -44,6 +44,9 @@ def check_templates(rules: Rules, templates: Path) -> list[str]:
         error = _first_render_error(letters, rules, name, with_case=not key.startswith("intake."))
         if error:
             problems.append(f"{templates / name}: cannot be written ({key}): {error}")
+    from mailbot.scheduler import check_follow_up_letters  # reminders, escalations, reports
+
+    problems += check_follow_up_letters(rules, templates)
     return problems
 
 
