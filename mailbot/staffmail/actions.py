@@ -327,8 +327,10 @@ def _check_all(job: _Job) -> tuple[list[ResultView], bool]:
             if command.spec.needs_case and state is None:
                 raise Refused("there is no case to apply it to: keep the case tag (e.g. "
                               f"[{job.app.rules.reference.make(2026, 42)}]) in the subject")
-            if state is not None and state.new_case and command.name not in ("assign", "note", "escalate", "help"):
-                raise Refused("after #log only #assign, #note and #escalate can be given in the same message")
+            if state is not None and state.new_case and command.name not in (
+                    "assign", "note", "escalate", "safeguarding", "help"):
+                raise Refused("after #log only #assign, #note, #escalate and #safeguarding can be given "
+                              "in the same message")
             job.plans[index] = CHECKS[command.name](job, command, state) or {}
             if command.name == "log":
                 state = _State(RECEIVED, "complaint", 0, new_case=True)
@@ -607,7 +609,7 @@ def _run_escalate(job: _Job, command: cmd.Command, plan: dict) -> str:
 
 
 def _check_safeguarding(job: _Job, command: cmd.Command, state: _State) -> dict:
-    _move(state, job.case.reference, SAFEGUARDING)
+    _move(state, job.case.reference if job.case else "the new case", SAFEGUARDING)
     sg = job.app.rules.safeguarding
     return {"roles": [sg.lead, *sg.inform]}
 
@@ -802,11 +804,12 @@ def _run_log(job: _Job, command: cmd.Command, plan: dict) -> str:
         subject=f"{plan['kind'].capitalize()} received {words}: {first}", from_name=plan["name"],
         from_addr=plan["email"], reply_to=None, to=[], cc=[], date=job.now, text=plan["text"], html=None,
         attachments=[], headers={}, machine_generated=None, size=len(plan["text"]), sha256="")
-    seen = job.app.classifier.classify(synthetic)
-    flags = [f for f in seen.flags if f != "anonymous" or not (plan["name"] or plan["email"] or plan["phone"])]
-    cls = Classification(label=plan["kind"], channel=plan["channel"], flags=flags, reference=None,
-                         confidence=1.0, needs_review=False,
-                         reasons=[f"registered by {job.actor} ({words})"] + seen.reasons)
+    # staff heard the person and chose what it is: no model second-guesses them (they add
+    # #safeguarding themselves); only "anonymous" follows from what they wrote down
+    anonymous = not (plan["name"] or plan["email"] or plan["phone"] or plan["postal"])
+    cls = Classification(label=plan["kind"], channel=plan["channel"], flags=["anonymous"] if anonymous else [],
+                         reference=None, confidence=1.0, needs_review=False,
+                         reasons=[f"registered by {job.actor} ({words})"])
     route = decide(synthetic, cls, None, job.app.rules, now=job.now)
     case = pipeline._open_case(job.session, job.app, synthetic, cls, route)
     job.session.add(Event(case_id=case.id, message_id=job.row.id, actor=job.actor, action="logged_by_staff",
