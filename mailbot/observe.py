@@ -39,8 +39,11 @@ class Heartbeat:
     def __init__(self, db):
         self.db = db
         self.name = daemon_name()
-        with db.session() as session:
-            session.merge(DaemonState(name=self.name, started_at=utcnow()))
+        try:
+            with db.session() as session:
+                session.merge(DaemonState(name=self.name, started_at=utcnow()))
+        except Exception:  # noqa: BLE001 - the database may be busy or down: the loop copes
+            pass
 
     def beat(self, handled: int = 0, error: str | None = None) -> None:
         try:

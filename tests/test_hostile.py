@@ -133,3 +133,28 @@ def test_outgoing_subject_cannot_inject_headers(subject):
     assert parsed["Bcc"] is None and parsed["Cc"] is None
     assert parsed["To"] == "x@example.com"
     assert "\n" not in str(parsed["Subject"])
+
+
+@pytest.mark.slow
+def test_fifty_megabyte_mail_is_handled(tmp_path, dovecot, smtp_server, sqlite_url):
+    import base64
+
+    payload = base64.encodebytes(os.urandom(37 * 1024 * 1024)).replace(b"\n", b"\r\n")  # ~50 MB encoded
+    raw = (b"From: Big Sender <big@example.com>\r\nTo: complaints@example.org\r\nSubject: complaint with video\r\n"
+           b"Message-ID: <big@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=Q\r\n\r\n"
+           b"--Q\r\nContent-Type: text/plain\r\n\r\nI want to complain: the video shows the minibus leaving "
+           b"my son behind. This is not good enough.\r\n--Q\r\nContent-Type: video/mp4\r\n"
+           b"Content-Disposition: attachment; filename=evidence.mp4\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + payload + b"--Q--\r\n")
+    assert len(raw) > 50 * 1000 * 1000
+    dovecot.append(raw)
+    app = App.load(write_config(tmp_path, db_url=sqlite_url, dovecot=dovecot, smtp=smtp_server, staff=[]))
+    daemon = Daemon(app)
+    report = daemon.run_once()
+    daemon.close()
+    assert [o.action for o in report.outcomes] == ["case_opened"]
+    with app.db.session() as s:
+        row = s.exec(select(Message).where(Message.direction == "in")).one()
+        assert len(row.raw) == len(raw)  # nothing lost: the original is kept whole
+    assert len(smtp_server.wait_for(1)) == 1
+    app.close()

@@ -188,3 +188,25 @@ def test_database_unreachable_for_a_while(tmp_path, dovecot, smtp_server, pg_url
         assert len(s.exec(select(Case)).all()) == 5
     direct.close()
     assert len({m.message["Message-ID"] for m in smtp_server.messages}) == 5
+
+
+def test_sqlite_locked_by_another_writer_for_a_while(tmp_path, dovecot, smtp_server, sqlite_url):
+    import sqlite3
+
+    app = App.load(write_config(tmp_path, db_url=sqlite_url, dovecot=dovecot, smtp=smtp_server, staff=[]))
+    daemon, thread = _start(app)
+    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # e.g. a backup or a report holding the database
+    try:
+        for i in range(3):
+            dovecot.append(_complaint(i))
+        time.sleep(3)
+        assert smtp_server.messages == [] and len(dovecot.uids("INBOX")) == 3
+        blocker.execute("COMMIT")
+        smtp_server.wait_for(3, timeout=40)
+        _wait_for(lambda: dovecot.uids("INBOX") == [])
+    finally:
+        blocker.close()
+        _stop(daemon, thread)
+    assert len({m.message["Message-ID"] for m in smtp_server.messages}) == 3
+    app.close()
