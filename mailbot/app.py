@@ -43,6 +43,21 @@ class App:
         return Classifier(self.rules, self.config.classifier.model_path,
                           self.config.classifier.review_below)
 
+    @cached_property
+    def _token_providers(self) -> dict:
+        return {}
+
+    def token_provider(self, section: str, use: str):
+        """The OAuth2 token provider for [mailbox] or [outgoing] ("outlook" for IMAP/SMTP,
+        "graph"); one per app registration and scopes, so the mailbox and the sender of one
+        Microsoft 365 mailbox share their token."""
+        from mailbot.transport.oauth import MsalTokenProvider, settings_from_config
+
+        settings = settings_from_config(self.config, section, use)
+        if settings not in self._token_providers:
+            self._token_providers[settings] = MsalTokenProvider(settings)
+        return self._token_providers[settings]
+
     def open_mailbox(self) -> Mailbox:
         box = self.config.mailbox
         if box.kind == "maildir":
@@ -50,11 +65,10 @@ class App:
             return MaildirMailbox(box.path, box.processed_folder, box.quarantine_folder)
         if box.kind == "imap" and box.auth == "oauth2":
             from mailbot.transport.imap import ImapMailbox
-            from mailbot.transport.oauth import provider_from_config
             return ImapMailbox(box.host, box.port, box.security, box.username or "", "",
                                box.folder, box.processed_folder, box.quarantine_folder,
                                box.poll_seconds, box.timeout_seconds,
-                               token_provider=provider_from_config(self.config, "mailbox", "outlook"))
+                               token_provider=self.token_provider("mailbox", "outlook"))
         if box.kind == "imap":
             from mailbot.transport.imap import ImapMailbox
             return ImapMailbox(box.host, box.port, box.security, box.username or "",
@@ -62,9 +76,8 @@ class App:
                                box.quarantine_folder, box.poll_seconds, box.timeout_seconds)
         if box.kind == "graph":
             from mailbot.transport import graph
-            from mailbot.transport.oauth import provider_from_config
             return graph.GraphMailbox(
-                graph.settings_from_config(box), provider_from_config(self.config, "mailbox", "graph"),
+                graph.settings_from_config(box), self.token_provider("mailbox", "graph"),
                 state=graph.DatabaseDeltaStore(self.db), folder=box.folder,
                 processed_folder=box.processed_folder, quarantine_folder=box.quarantine_folder,
                 poll_seconds=box.poll_seconds)
@@ -84,17 +97,15 @@ class App:
             return EwsSender(settings_from_config(self.config.mailbox))
         if out.kind == "graph":  # through the Microsoft 365 mailbox configured in [mailbox]
             from mailbot.transport import graph
-            from mailbot.transport.oauth import provider_from_config
             return graph.GraphSender(graph.settings_from_config(self.config.mailbox),
-                                     provider_from_config(self.config, "mailbox", "graph"))
+                                     self.token_provider("mailbox", "graph"))
         from mailbot.transport.smtp import SmtpSender
         if out.auth == "oauth2":
-            from mailbot.transport.oauth import provider_from_config
             box = self.config.mailbox
             return SmtpSender(out.host, out.port, out.security,
                               out.username or box.username or box.primary_smtp_address, None,
                               out.timeout_seconds,
-                              token_provider=provider_from_config(self.config, "outgoing", "outlook"))
+                              token_provider=self.token_provider("outgoing", "outlook"))
         return SmtpSender(out.host, out.port, out.security, out.username, out.resolve_password(),
                           out.timeout_seconds)
 

@@ -268,7 +268,8 @@ class OAuthAuthority:
             code.used = True
             return self._user_tokens(app, code.scopes, code.user)
         if grant == "refresh_token":
-            known = self._refresh.pop(form.get("refresh_token", ""), None)
+            # as with Entra ID, a refresh token stays valid after use (a new one comes along)
+            known = self._refresh.get(form.get("refresh_token", ""))
             if known is None or known[0] != app.client_id:
                 return _aad_error(400, "invalid_grant", 700082,
                                   "The refresh token has expired due to inactivity.")
