@@ -24,6 +24,15 @@ from mailbot.transport.base import TransportError
 
 app = typer.Typer(help="Runs the complaints and feedback mailbox.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _owner_only_files() -> None:
+    """Everything mailbot writes (database, outgoing mail, subject-access bundles) holds
+    personal data, so it is created readable by its owner only."""
+    os.umask(0o077)
+
+
 cases_app = typer.Typer(help="Look at cases.", no_args_is_help=True)
 rules_app = typer.Typer(help="Check the rules directory.", no_args_is_help=True)
 app.add_typer(cases_app, name="cases")

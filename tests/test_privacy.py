@@ -90,3 +90,19 @@ def test_audit_verify_detects_edited_and_deleted_rows(tmp_path, db_url):
     deleted = run_cli("audit", "verify", "--config", str(config))
     assert deleted.returncode == 1 and "event 5" in deleted.stderr
     app.close()
+
+
+def test_files_holding_personal_data_are_owner_only(tmp_path, sqlite_url):
+    import stat
+
+    config = _run(tmp_path, sqlite_url, [make_mail(sender="Kim <kim@example.com>", subject="Complaint",
+                                                   body="I want to complain, the session was cancelled.")])
+    assert run_cli("run", "--once", "--config", str(config)).returncode == 0
+    out = tmp_path / "sar"
+    assert run_cli("export-person", "kim@example.com", "--out", str(out), "--config", str(config)).returncode == 0
+    database = tmp_path / "mailbot.db"
+    files = [database, *tmp_path.glob("mailbot.db-*"), *(tmp_path / "outbox").glob("*.eml"),
+             out / "index.html", out / "data.json", *(out / "messages").glob("*.eml")]
+    assert len(files) >= 5
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
