@@ -88,3 +88,14 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``mailbot`` command line in a child process."""
     return subprocess.run([sys.executable, "-m", "mailbot", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
+
+
+def start_daemon(config: Path) -> subprocess.Popen:
+    """A real `mailbot run` daemon in its own process group (so a test can SIGKILL all of it)."""
+    return subprocess.Popen([sys.executable, "-m", "mailbot", "run", "--config", str(config)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def set_batch_size(config: Path, size: int) -> None:
+    config.write_text(config.read_text().replace("poll_seconds = 1", f"poll_seconds = 1\nbatch_size = {size}"))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -20,13 +18,7 @@ from sqlmodel import select
 from bench.generate import backlog
 from mailbot.cases.models import Case, Message
 from mailbot.db import Database
-from tests.mailkit import REPO, write_config
-
-
-def _daemon(config) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mailbot", "run", "--config", str(config)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+from tests.mailkit import set_batch_size, start_daemon, write_config
 
 
 @pytest.mark.slow
@@ -35,17 +27,17 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, dovecot
     for raw in messages:
         dovecot.append(raw)
     config = write_config(tmp_path, db_url=db_url, dovecot=dovecot, smtp=smtp_server, staff=[])
-    config.write_text(config.read_text().replace("poll_seconds = 1", "poll_seconds = 1\nbatch_size = 20"))
+    set_batch_size(config, 20)
     rng = random.Random(7)
     kills = 0
     deadline = time.monotonic() + 240
     while dovecot.uids("INBOX") and time.monotonic() < deadline and kills < 12:
-        proc = _daemon(config)
+        proc = start_daemon(config)
         time.sleep(rng.uniform(1.5, 4.0))  # model loading, fetch, classify, commit, send, move...
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         kills += 1
-    final = _daemon(config)
+    final = start_daemon(config)
     try:
         while dovecot.uids("INBOX") and time.monotonic() < deadline + 120:
             time.sleep(0.5)

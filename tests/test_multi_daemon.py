@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -16,13 +14,7 @@ from sqlmodel import select
 from bench.generate import backlog
 from mailbot.cases.models import Case, Message
 from mailbot.db import Database
-from tests.mailkit import REPO, write_config
-
-
-def _daemon(config) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mailbot", "run", "--config", str(config)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+from tests.mailkit import set_batch_size, start_daemon, write_config
 
 
 @pytest.mark.slow
@@ -31,8 +23,8 @@ def test_two_daemons_share_one_mailbox_and_survive_a_kill(tmp_path, dovecot, smt
     for raw in messages:
         dovecot.append(raw)
     config = write_config(tmp_path, db_url=pg_url, dovecot=dovecot, smtp=smtp_server, staff=[])
-    config.write_text(config.read_text().replace("poll_seconds = 1", "poll_seconds = 1\nbatch_size = 25"))
-    first, second = _daemon(config), _daemon(config)
+    set_batch_size(config, 25)
+    first, second = start_daemon(config), start_daemon(config)
     try:
         time.sleep(5)
         os.killpg(first.pid, signal.SIGKILL)  # one dies mid-work; the other carries on
