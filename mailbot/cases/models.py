@@ -20,9 +20,11 @@ _clock_override: list[datetime] = []
 
 
 def utcnow() -> datetime:
-    """Current time in UTC, timezone-aware (overridable for scenario tests)."""
+    """Current time in UTC, timezone-aware (overridable for scenario tests).  An override given
+    in another zone (tests write London time) is returned in UTC too, so what is hashed into the
+    audit chain when an event is written is what is read back to verify it."""
     if _clock_override:
-        return _clock_override[-1]
+        return _clock_override[-1].astimezone(timezone.utc)
     return datetime.now(timezone.utc)
 
 

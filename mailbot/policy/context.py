@@ -66,6 +66,7 @@ class ResultView:
     command: str  # "#extend 10 working days: ..." as written
     ok: bool
     message: str
+    name: str = ""  # "extend": what a subject line may show (never with "#": see staff_command_result)
 
     def __str__(self) -> str:
         return f"{'done' if self.ok else 'NOT DONE'}: {self.command}: {self.message}"
@@ -209,7 +210,7 @@ def sample_contexts(rules: Rules, *, with_case: bool = True) -> list[dict[str, A
     command = CommandView(
         text="We have spoken to the staff concerned and the sessions will be announced in advance.",
         author="Sam Sample, Line Manager", author_address="sam@example.org",
-        results=[ResultView("#note", True, "recorded"), ResultView("#close", False, "sample refusal")],
+        results=[ResultView("#note", True, "recorded", "note"), ResultView("#close", False, "sample refusal", "close")],
         not_understood=["#outcom (did you mean #outcome?)"], help=["#reply  send the text below"],
         done=False, previous_date="Friday 25 September 2026", new_date="Friday 9 October 2026",
         window_closes="Monday 19 October 2026", problem="sample problem",

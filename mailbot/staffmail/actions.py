@@ -251,7 +251,7 @@ def _obey(job: _Job) -> StaffResult:
         return StaffResult("staff_refused", case.reference if case else None, job.row.reason)
     for index, command in enumerate(parsed.commands):
         message = RUNNERS[command.name](job, command, job.plans.get(index, {}))
-        job.results.append(ResultView(command.raw, True, message))
+        job.results.append(ResultView(command.raw, True, message, command.name))
     job.view.results = job.results
     if any(c.name == "help" for c in parsed.commands):
         job.view.help = cmd.help_lines()
@@ -274,7 +274,7 @@ def _note_without_commands(job: _Job) -> StaffResult:
     text = job.parsed.content or job.msg.subject
     _record_note(job, text)
     job.results.append(ResultView("(no command)", True, "kept as an internal note on the case; "
-                                  "nothing was sent to the complainant"))
+                                  "nothing was sent to the complainant", "note"))
     job.view.results = job.results
     job.row.outcome, job.row.reason = "staff_note", "internal note"
     _answer(job)
@@ -334,10 +334,10 @@ def _check_all(job: _Job) -> tuple[list[ResultView], bool]:
             job.plans[index] = CHECKS[command.name](job, command, state) or {}
             if command.name == "log":
                 state = _State(RECEIVED, "complaint", 0, new_case=True)
-            results.append(ResultView(command.raw, True, "would be done"))
+            results.append(ResultView(command.raw, True, "would be done", command.name))
         except Refused as exc:
             failed = True
-            results.append(ResultView(command.raw, False, str(exc)))
+            results.append(ResultView(command.raw, False, str(exc), command.name))
     return results, failed
 
 
