@@ -77,13 +77,15 @@ class Classifier:
         prepared = [prepare(m.text, s.channel, m.subject) for m, s in zip(messages, screenings)]
         texts = [normalise(p.model_text(m.subject)) for m, p in zip(messages, prepared)]
         results = []
-        for msg, scr, prep, doc in zip(messages, screenings, prepared, self.nlp.pipe(texts, batch_size=128)):
-            results.append(self._decide(msg, scr, prep, doc))
+        for msg, scr, prep, text, doc in zip(messages, screenings, prepared, texts,
+                                             self.nlp.pipe(texts, batch_size=128)):
+            results.append(self._decide(msg, scr, prep, doc, text))
         return results
 
-    def _decide(self, msg, scr, prep, doc) -> Classification:
+    def _decide(self, msg, scr, prep, doc, text: str | None = None) -> Classification:
         reasons = list(scr.reasons)
-        hits = self.matcher.match(doc) if self.matcher else {}
+        text = (doc.text if text is None else text).lower()
+        hits = self.matcher.match(doc, text) if self.matcher else {}
         reference = find_reference(self.rules, msg.subject, prep.new_text, prep.quoted)
 
         scores = {label: float(doc.cats.get(label, 0.0)) for label in LABELS}
@@ -104,7 +106,7 @@ class Classifier:
                 reasons.append(f"context appeal +{context.outcome_appeal_weight}: reference {reference} "
                                f"with {cue!r} in the subject or quoted letter")
         if context and context.dispute_appeal_weight and reference and self._dispute is not None:
-            cue = self._dispute.search(doc.text.lower())
+            cue = self._dispute.search(text)
             if cue:
                 scores["appeal"] += context.dispute_appeal_weight
                 reasons.append(f"context appeal +{context.dispute_appeal_weight}: reference {reference} "

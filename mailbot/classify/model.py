@@ -31,7 +31,10 @@ from mailbot.policy.rules import FLAGS, LABELS
 FLAG_OVERSAMPLE = 5
 SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
 _WHITESPACE = re.compile(r"\s+")
-_GENERIC_REFERENCE = re.compile(r"\b[A-Z]{2,6}[-/ ]?\d{2,4}[-/]\d{2,6}\b")
+_GENERIC_REFERENCE = re.compile(r"\b([A-Z]{2,6}[-/ ]?|(?i:[a-z]{2,6})[-/])\d{2,4}[-/]\d{2,6}\b")
+# "ref 00144", "complaint no. 162", "case #00213": the number of a case written without its prefix
+_SHORT_REFERENCE = re.compile(r"\b((?:complaint|case|ref|reference)(?:\s*(?:no\.?|number|#))?\s*[:.#-]?)\s*\d{3,6}\b",
+                              re.IGNORECASE)
 
 
 def _bow(exclusive: bool) -> dict:
@@ -61,7 +64,8 @@ def normalise(text: str) -> str:
     # token that breaks phrases ("small\n  claims") and n-grams, so text wrapped at 72 columns and
     # the same words from an HTML mail read alike.
     text = _WHITESPACE.sub(" ", text[:MODEL_TEXT_CHARS * 2])[:MODEL_TEXT_CHARS]
-    return _GENERIC_REFERENCE.sub(" REFNUM ", text)
+    text = _GENERIC_REFERENCE.sub(" REFNUM ", text)
+    return _SHORT_REFERENCE.sub(r"\1 REFNUM ", text)
 
 
 def load_training(directory: Path, extra: Iterable[Path] = ()) -> list[TrainingExample]:

@@ -20,6 +20,7 @@ from spacy.matcher import Matcher, PhraseMatcher
 from mailbot.policy.rules import FLAGS, LABELS, RulesError
 
 PATTERNS_FILE = "classifier/patterns.toml"
+_WORD = re.compile(r"\w+")
 
 
 class _Strict(BaseModel):
@@ -137,29 +138,45 @@ class RuleMatcher:
 
     @staticmethod
     def _gate(rules: PatternRules):
-        """A cheap word test that must pass before the (slow) token Matcher runs at all: every
-        token pattern ends in a word from a fixed list, so a text without any of them cannot match."""
-        words: set[str] = set()
+        """A cheap word test that must pass before the (slow) token Matcher runs at all: a pattern
+        can only match a text holding every word its required tokens insist on (a fixed word or a
+        list of words), so each pattern becomes a few word searches; the Matcher runs when the
+        words of any one pattern are all there.  ``None``: some pattern has no fixed word, always run."""
+        gates: list[list[tuple[frozenset[str], tuple[str, ...]]]] = []
         for table in (rules.labels, rules.flags):
             for rule in table.values():
                 for pattern in rule.patterns:
-                    last = pattern[-1].get("LOWER") if pattern else None
-                    if isinstance(last, str):
-                        words.add(last)
-                    elif isinstance(last, dict) and isinstance(last.get("IN"), list):
-                        words.update(str(w) for w in last["IN"])
-                    else:
-                        return None  # a pattern without a fixed last word: always run
-        if not words:
-            return re.compile(r"(?!)")  # no token patterns at all
-        return re.compile(r"\b(" + "|".join(re.escape(w.lower()) for w in sorted(words)) + r")\b")
+                    groups = []
+                    for token in pattern:
+                        if token.get("OP") in ("?", "*") or str(token.get("OP", "")).startswith("{0"):
+                            continue
+                        lower = token.get("LOWER")
+                        words = [lower] if isinstance(lower, str) else (
+                            lower.get("IN") if isinstance(lower, dict) and isinstance(lower.get("IN"), list) else None)
+                        if words:
+                            words = {str(w).lower() for w in words}
+                            plain = frozenset(w for w in words if w.isalnum())
+                            groups.append((plain, tuple(w for w in words if not w.isalnum())))
+                    if not groups:
+                        return None
+                    gates.append(groups)
+        return gates
 
-    def match(self, doc) -> dict[str, list[str]]:
+    def _token_gate_passes(self, text: str) -> bool:
+        if self._token_gate is None:
+            return True
+        words = set(_WORD.findall(text))
+        # words with an apostrophe or a sign ("n't", "you're") are looked for as plain substrings
+        return any(all(plain & words or any(o in text for o in other) for plain, other in groups)
+                   for groups in self._token_gate)
+
+    def match(self, doc, text: str | None = None) -> dict[str, list[str]]:
+        """``text``: the doc's text when the caller already has it (``doc.text`` rebuilds it)."""
         hits: dict[str, list[str]] = {}
         groups: dict[tuple[str, str], dict[int, str]] = {}
         vocab = doc.vocab
         found = list(self.phrases(doc))
-        if self._token_gate is None or self._token_gate.search(doc.text.lower()):
+        if self._token_gate_passes((doc.text if text is None else text).lower()):
             found += list(self.tokens(doc))
         for match_id, start, end in found:
             key = vocab.strings[match_id]
