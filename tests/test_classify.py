@@ -184,7 +184,7 @@ def test_training_data_does_not_copy_held_out_mail():
     with a message of the project's held-out sets (unseen-mail, fresh-mail, or shared/eval-dev
     when present)."""
     held = []
-    for folder in (UNSEEN, REPO / "tests" / "data" / "fresh-mail", REPO.parent / "shared" / "eval-dev"):
+    for folder in (UNSEEN, REPO / "tests" / "data" / "final-mail", REPO / "tests" / "data" / "fresh-mail", REPO.parent / "shared" / "eval-dev"):
         for path in sorted(folder.glob("*.eml")) if folder.is_dir() else []:
             msg = parse(path.read_bytes())
             held.append((path.name, _shingles(f"{msg.subject} {msg.text}")))
