@@ -155,7 +155,7 @@ class Daemon:
             self.deliver(report or RunReport())
         if self.follow_ups is not None:
             try:
-                self.follow_ups.sync()
+                self.follow_ups.sync(items=result.upcoming)
             except Exception:  # noqa: BLE001 - the next round sweeps anyway
                 log.exception("could not update the follow-up jobs")
         return result

@@ -42,6 +42,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable, Iterable
 
@@ -131,6 +132,7 @@ def _previous_working_day(calendar: Calendar, day: date) -> date:
     return day
 
 
+@lru_cache(maxsize=65536)  # pure; the plan asks the same questions every round
 def before(calendar: Calendar, due: datetime, offset: Duration) -> datetime:
     """The morning (opening time, on a working day) ``offset`` before ``due``.
 
@@ -157,6 +159,7 @@ def before(calendar: Calendar, due: datetime, offset: Duration) -> datetime:
     return opening(calendar, day)
 
 
+@lru_cache(maxsize=65536)
 def after(calendar: Calendar, start: datetime, period: Duration) -> datetime:
     """The first office opening at or after ``period`` from ``start`` (28 days after an outcome
     on a Sunday is the Monday at 09:00)."""
@@ -171,6 +174,7 @@ def after(calendar: Calendar, start: datetime, period: Duration) -> datetime:
     return calendar.clock_start(opening(calendar, day))
 
 
+@lru_cache(maxsize=65536)
 def when_missed(calendar: Calendar, due: datetime) -> datetime:
     """When a missed date is escalated: at once if it fell in office hours, else the next
     opening (a date due at 17:00 on Thursday is escalated at 09:00 on Friday)."""
@@ -519,6 +523,7 @@ class SweepResult:
     done: list[Planned] = field(default_factory=list)
     skipped: int = 0  # refused by the database: done elsewhere already
     errors: list[str] = field(default_factory=list)
+    upcoming: list[Planned] | None = None  # what the plan had ahead (for the scheduler's jobs)
 
     def count(self, kind: str) -> int:
         return sum(1 for p in self.done if p.kind == kind)
@@ -529,7 +534,9 @@ def sweep(app, now: datetime | None = None) -> SweepResult:
     now = now or utcnow()
     result = SweepResult()
     with app.db.session() as session:
-        due = [p for p in plan(session, app.rules, now) if p.due]
+        items = plan(session, app.rules, now)
+    due = [p for p in items if p.due]
+    result.upcoming = [p for p in items if p.state == "upcoming"]
     for item in due:
         try:
             with app.db.session() as session:
@@ -816,11 +823,12 @@ class FollowUpScheduler:
     def job_id(self, moment: datetime) -> str:
         return f"{JOB_PREFIX}{self.name}:{moment.astimezone(timezone.utc):%Y%m%dT%H%M%S}"
 
-    def wanted(self, now: datetime | None = None) -> dict[str, datetime]:
+    def wanted(self, now: datetime | None = None, items: list[Planned] | None = None) -> dict[str, datetime]:
         """Job id -> run time for every moment ahead (within ``horizon``) when something is due."""
         now = now or utcnow()
-        with self.app.db.session() as session:
-            items = plan(session, self.app.rules, now)
+        if items is None:
+            with self.app.db.session() as session:
+                items = plan(session, self.app.rules, now)
         moments = {p.at for p in items if p.state == "upcoming" and p.at <= now + self.horizon}
         return {self.job_id(m): m for m in moments}
 
@@ -831,9 +839,10 @@ class FollowUpScheduler:
                 job.remove()
         self.sync(now)
 
-    def sync(self, now: datetime | None = None) -> None:
-        """Add the jobs for moments that are new, drop those no longer needed."""
-        wanted = self.wanted(now)
+    def sync(self, now: datetime | None = None, items: list[Planned] | None = None) -> None:
+        """Add the jobs for moments that are new, drop those no longer needed (``items``: a plan
+        just made, e.g. by the sweep, to save making it again)."""
+        wanted = self.wanted(now, items)
         mine = [job for job in self.scheduler.get_jobs() if job.id.startswith(f"{JOB_PREFIX}{self.name}:")]
         have = {job.id for job in mine}
         real_now = datetime.now(timezone.utc)
@@ -861,7 +870,7 @@ class FollowUpScheduler:
                     except Exception:  # noqa: BLE001
                         pass
             try:
-                self.sync(now)
+                self.sync(now, result.upcoming)
             except Exception:  # noqa: BLE001 - the daemon loop sweeps anyway
                 log.exception("could not update the follow-up jobs")
             return result

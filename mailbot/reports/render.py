@@ -74,6 +74,15 @@ def summary(report: Report) -> list[tuple[str, str]]:
 
 
 def layout(report: Report) -> list[Section]:
+    """The report's sections; made once per report (the charts take the time), then shared by
+    the HTML and the PDF."""
+    cached = getattr(report, "_layout", None)
+    if cached is None:
+        cached = report._layout = _layout(report)
+    return cached
+
+
+def _layout(report: Report) -> list[Section]:
     made = {c.name: c for c in charts(report)}
     sections = []
 
