@@ -189,8 +189,9 @@ class GraphClient:
             return min(30.0, 0.5 * 2 ** (state.attempt_number - 1))
 
         def stop(state) -> bool:
+            # the coming pause is worked out here too: give up *before* a wait past max_wait
             return (state.attempt_number >= s.max_attempts
-                    or state.seconds_since_start + state.upcoming_sleep > s.max_wait)
+                    or (state.seconds_since_start or 0) + wait(state) > s.max_wait)
 
         try:
             for try_ in Retrying(retry=retry_if_exception_type(_Again), wait=wait, stop=stop,
@@ -518,6 +519,10 @@ class GraphMailbox:
                     self._known -= {self._prefix + i for i in moved}
 
         self._run("move", do)
+
+    def count(self) -> int:
+        """Messages waiting in the inbox (for ``mailbot status``): one delta round."""
+        return len(self._run("count", self.sync))
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -270,7 +270,11 @@ class MsalTokenProvider:
             if self.settings.flow == "device_code":
                 self._load_cache()
                 accounts = app.get_accounts(username=self.settings.username) if \
-                    self.settings.username else app.get_accounts()
+                    self.settings.username else []
+                if not accounts:
+                    # signed in as someone with access to the mailbox (a delegate), not as it
+                    everyone = app.get_accounts()
+                    accounts = everyone if len(everyone) == 1 else []
                 if not accounts:
                     raise OAuthError(
                         f"no signed-in account{' ' + self.settings.username if self.settings.username else ''} "

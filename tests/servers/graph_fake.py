@@ -70,9 +70,10 @@ MESSAGE_PROPS = {"id", "receivedDateTime", "subject", "internetMessageId", "pare
                  "isRead", "from", "sender", "createdDateTime", "lastModifiedDateTime", "changeKey"}
 FOLDER_PROPS = {"id", "displayName", "parentFolderId", "childFolderCount", "unreadItemCount",
                 "totalItemCount", "isHidden"}
-READ = {"Mail.Read", "Mail.ReadWrite", "Mail.ReadBasic", "Mail.ReadBasic.All"}
-WRITE = {"Mail.ReadWrite"}
-SEND = {"Mail.Send"}
+READ = {"Mail.Read", "Mail.ReadWrite", "Mail.ReadBasic", "Mail.ReadBasic.All", "Mail.Read.Shared",
+        "Mail.ReadWrite.Shared"}
+WRITE = {"Mail.ReadWrite", "Mail.ReadWrite.Shared"}
+SEND = {"Mail.Send", "Mail.Send.Shared"}
 _seq = itertools.count(1)
 
 
