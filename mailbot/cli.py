@@ -247,14 +247,19 @@ def classify(files: list[Path], config: str = ConfigOption,
 def train(config: str = ConfigOption,
           rules: Optional[Path] = typer.Option(None, "--rules", help="Rules directory (training data in its training/)."),
           out: Optional[Path] = typer.Option(None, "--out", help="Where to write the model (default: classifier.model_path)."),
-          epochs: int = typer.Option(25, min=1, max=200)) -> None:
+          epochs: int = typer.Option(25, min=1, max=200),
+          include_corrections: bool = typer.Option(
+              False, "--include-corrections",
+              help="Also learn from staff corrections (#reclassify) stored in the database."),
+          eval_folder: Optional[Path] = typer.Option(
+              None, "--eval", help="Measure the model before and after on this labelled folder.")) -> None:
     """Retrain the classifier from rules/training/*.jsonl and write the model."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mailbot.classify import model
     from mailbot.config import load_config
 
-    rules_dir, out_dir = rules, out
+    rules_dir, out_dir, cfg = rules, out, None
     try:
         cfg = load_config(config)
         rules_dir, out_dir = rules_dir or cfg.rules.path, out_dir or cfg.classifier.model_path
@@ -266,6 +271,19 @@ def train(config: str = ConfigOption,
         examples = model.load_training(Path(rules_dir) / "training")
     except model.TrainingDataError as exc:
         _fail(f"the training data has problems:\n{exc}")
+    if include_corrections:  # mailbot.admin.corrections: read from the database, never copied
+        from mailbot.admin.corrections import from_config
+
+        if cfg is None:
+            _fail(f"--include-corrections reads the database named in {config}, which was not found")
+        corrections = from_config(cfg)
+        examples += corrections
+        console.print(f"including {len(corrections)} staff correction(s) from the database")
+    before = None
+    if eval_folder is not None:
+        from mailbot.admin.corrections import measure
+
+        before = measure(Path(rules_dir), out_dir, eval_folder)
     with Progress(TextColumn("training"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("train", total=epochs, loss="")
@@ -273,6 +291,15 @@ def train(config: str = ConfigOption,
             task, completed=e, loss=f"loss {sum(losses.values()):.3f}"))
     model.save(nlp, out_dir, model.training_fingerprint(examples), len(examples))
     console.print(f"trained on {len(examples)} examples; model written to {out_dir}")
+    if before is not None:
+        from mailbot.admin.corrections import before_after, measure
+
+        table = Table(title=f"{eval_folder}: before and after ({before['messages']} messages)")
+        for column in ("measure", "before", "after", "change"):
+            table.add_column(column, justify="right")
+        for row in before_after(before, measure(Path(rules_dir), out_dir, eval_folder)):
+            table.add_row(*row)
+        console.print(table)
 
 
 @app.command("eval")
@@ -514,6 +541,9 @@ def rules_check(directory: Path = typer.Argument(Path("rules")),
         problems = check_templates(rules, templates)
     except RulesError as exc:
         problems = exc.problems
+    from mailbot.admin.ruleset import check_patterns  # the classifier's phrases and patterns
+
+    problems += check_patterns(directory)
     if problems:
         err.print(f"[bold red]{len(problems)} problem(s) in {escape(str(directory))}:[/]")
         for problem in problems:
@@ -705,6 +735,11 @@ def auth_status(config: str = ConfigOption,
     claims = token_claims(token)
     console.print(f"{escape(provider.description)}: token ok"
                   + (f" ({escape(describe_claims(claims))})" if claims else ""), highlight=False)
+
+
+from mailbot.admin.cli import register as _register_admin_commands  # noqa: E402
+
+_register_admin_commands(app)  # replay, simulate, templates preview, corrections
 
 
 def main() -> None:  # pragma: no cover

@@ -48,6 +48,7 @@ class Daemon:
         self._last_purge = -PURGE_EVERY_SECONDS
         self.metrics = Metrics()  # switched on by serve_metrics(), for the long-running daemon
         self.follow_ups = None  # mailbot.scheduler.FollowUpScheduler, started by run_forever
+        self.rules_watch = None  # mailbot.admin.reload.RulesWatch, started by run_forever
 
     def serve_metrics(self) -> None:
         cfg = self.app.config.metrics
@@ -165,10 +166,12 @@ class Daemon:
         report = RunReport()
         seen: set[str] = set()
         self.start_follow_up_scheduler()
+        self.start_rules_watch()
         while not self.stopping.is_set():
             try:
+                self.reload_rules(report)
                 while self.handle_batch(report, seen) >= self.batch_size:
-                    pass
+                    self.reload_rules(report)
                 seen.clear()
                 self.run_follow_ups(report)
                 pause = 1.0
@@ -199,6 +202,36 @@ class Daemon:
                 pause = min(pause * 2, 300)
             report.outcomes.clear()
 
+    def start_rules_watch(self) -> None:
+        """Live reload of rules/, templates/ and the model (mailbot.admin.reload): the set the
+        daemon starts with is checked and kept in a snapshot; a later edit is taken up between
+        batches if it passes the checks, else refused (the admin is told) and the daemon keeps
+        the set it has.  Without it (it failed to start) the daemon runs as before."""
+        from contextlib import nullcontext
+
+        from mailbot.admin.reload import RulesWatch
+
+        def lock():
+            return self.follow_ups.lock if self.follow_ups is not None else nullcontext()
+
+        try:
+            self.rules_watch = RulesWatch(self.app, wait=self.stopping.wait, lock=lock)
+            started = self.rules_watch.start()
+        except Exception:  # noqa: BLE001
+            log.exception("live reload of the rules not started; restart the daemon after a change")
+            self.rules_watch = None
+            return
+        if started.told:  # the rules had problems at start: tell the admin now
+            try:
+                self.deliver(RunReport())
+            except Exception:  # noqa: BLE001 - queued: the loop's next delivery sends it
+                log.warning("the admin's letter about the rules waits for the next delivery")
+
+    def reload_rules(self, report: RunReport) -> None:
+        """Between batches: take up changed rules (or refuse them) and send the admin's letter."""
+        if self.rules_watch is not None and self.rules_watch.check() is not None:
+            self.deliver(report)
+
     def purge_if_due(self) -> None:
         """Once a day, erase what the retention rules say is due (idempotent, so a restart that
         purges again does no harm)."""
@@ -226,6 +259,8 @@ class Daemon:
     def close(self) -> None:
         if self.follow_ups is not None:
             self.follow_ups.shutdown()
+        if self.rules_watch is not None:
+            self.rules_watch.close()
         self.heartbeat.stopped()
         self.metrics.close()
         for part in (self.mailbox, self.sender):
