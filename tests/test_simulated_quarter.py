@@ -62,11 +62,11 @@ COMPLAINTS = [
     ("Formal complaint - minibus", "I wish to make a formal complaint. The minibus did not turn up to take "
      "my son to the club again today and nobody rang us. This is not acceptable."),
     ("Complaint about a member of staff", "I am writing to complain about the way a member of staff spoke "
-     "to my daughter at the drop-in. She was rude and refused to listen. I expect an explanation."),
+     "to me at the drop-in. She was rude and refused to listen. I expect an explanation."),
     ("Complaint: fees", "I want to complain about the fees for the summer programme. We were charged twice "
      "and nobody has answered my emails about a refund. Please treat this as a formal complaint."),
     ("Complaint about the building", "I would like to make a complaint. The toilets at the centre were "
-     "dirty again and the heating was off all evening. This is not good enough for young people."),
+     "dirty again and the heating was off all evening. This is not good enough."),
     ("Unhappy with the service - complaint", "I am not happy with the service and want to make a formal "
      "complaint. My son was promised a place on the course and then told there was no room."),
 ]

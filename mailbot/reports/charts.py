@@ -59,7 +59,8 @@ def weekly_chart(report: Report) -> Chart | None:
     ax.bar(x, other, bottom=[a + b for a, b in zip(complaints, compliments)], color=GREY, label="other")
     ax.set_xticks(list(x), [f"{w:%-d %b}" for w in weeks], rotation=60, ha="right")
     ax.set_ylabel("cases opened", fontsize=8)
-    ax.legend(fontsize=7, frameon=False, ncols=3, loc="upper left")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, frameon=False, ncols=3, loc="lower left", bbox_to_anchor=(0.0, 1.0))
     _style(ax)
     return Chart("weekly", "Cases opened each week (week beginning)", _png(fig))
 
@@ -78,6 +79,7 @@ def timeliness_chart(report: Report) -> Chart | None:
     ax.set_yticks(range(len(names)), [DEADLINE_LABELS[n] for n in names])
     ax.invert_yaxis()
     ax.set_xlabel("time limits falling due in the period", fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7, frameon=False, ncols=5, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     _style(ax)
     return Chart("timeliness", "Were our time limits kept?", _png(fig))
@@ -92,6 +94,7 @@ def bars_chart(name: str, caption: str, counts, colour: str = BLUE) -> Chart | N
     ax.barh(range(len(items)), [v for _, v in items], color=colour)
     ax.set_yticks(range(len(items)), [k.replace("_", " ") for k, _ in items])
     ax.invert_yaxis()
+    ax.xaxis.get_major_locator().set_params(integer=True)
     for i, (_, v) in enumerate(items):
         ax.text(v, i, f" {v}", va="center", fontsize=7)
     _style(ax)

@@ -54,21 +54,24 @@ def _num(value: float | None, unit: str) -> str:
     return f"{value:.1f} {unit}"
 
 
-def _counts(title: str, counts, label: str = "") -> TableView:
-    total = sum(counts.values())
+def _counts(title: str, counts, label: str = "", of: int | None = None) -> TableView:
+    """Counts with their share of ``of`` (default: their total; themes and flags give the
+    number of complaints, as one complaint can have several)."""
+    total = sum(counts.values()) if of is None else of
     rows = [[k.replace("_", " "), str(v), _pct(v, total)] for k, v in counts.most_common()]
-    return TableView([label or title, "cases", "share"], rows, title)
+    return TableView([label or title, "cases", "share" if of is None else "of complaints"], rows, title)
 
 
 def summary(report: Report) -> list[tuple[str, str]]:
-    kept = report.timeliness_total()
-    due = kept["met"] + kept["met after extension"] + kept["missed"]
+    respond = report.timeliness.get("respond", {})
+    kept = respond.get("met", 0) + respond.get("met after extension", 0)
+    due = kept + respond.get("missed", 0)
     return [
         ("cases opened", str(report.cases)),
         ("complaints", str(report.complaints)),
         ("compliments", str(report.compliments)),
         ("complaints still open", str(report.open_at_end)),
-        ("time limits kept", f"{_pct(kept['met'] + kept['met after extension'], due)} of {due}"),
+        ("responses sent in time", f"{_pct(kept, due)} of {due}"),
         ("median time to respond", _num(report.respond_days.median, "days")),
     ]
 
@@ -134,14 +137,14 @@ def _layout(report: Report) -> list[Section]:
     nature = Section("What the complaints were about",
                      "Themes are found from words in each complaint; the complaints themselves are not "
                      "shown.", [made[n] for n in ("themes",) if n in made],
-                     [_counts("Themes", report.themes, "theme")])
+                     [_counts("Themes", report.themes, "theme", of=report.complaints)])
     if report.flags:
-        nature.tables.append(_counts("Handled specially", report.flags, "flag"))
+        nature.tables.append(_counts("Handled specially", report.flags, "flag", of=report.complaints))
     sections.append(nature)
 
     sections.append(Section(
         "Remedial actions and lessons learned", "As recorded by staff on each case.",
-        items=[f"{ref} ({ACTIONS.get(kind, kind)}): {text}" for ref, kind, text in report.actions],
+        items=[f"{ref} ({ACTIONS.get(kind, kind)}): {text}" for ref, kind, text in sorted(report.actions)],
         empty="None recorded in the period."))
 
     sections.append(Section(
@@ -225,7 +228,7 @@ def render_pdf(report: Report) -> bytes:
             ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#F4F7FA")]),
         ]))
         parts = [Paragraph(escape(view.caption), caption)] if view.caption else []
-        return KeepTogether(parts + [t, Spacer(1, 4)])
+        return parts + [t, Spacer(1, 4)]
 
     def image(chart: Chart):
         from reportlab.lib.utils import ImageReader
@@ -233,8 +236,8 @@ def render_pdf(report: Report) -> bytes:
         reader = ImageReader(io.BytesIO(chart.png))
         w, h = reader.getSize()
         scale = width / w
-        return KeepTogether([Paragraph(escape(chart.caption), caption),
-                             Image(io.BytesIO(chart.png), width=width, height=h * scale), Spacer(1, 4)])
+        return [Paragraph(escape(chart.caption), caption),
+                Image(io.BytesIO(chart.png), width=width, height=h * scale), Spacer(1, 4)]
 
     story = [Paragraph(escape(report.organisation), small), Paragraph(escape(report.title), h1),
              Paragraph(escape(f"{report.period}. Made {report.generated_at:%-d %B %Y}."), base),
@@ -249,13 +252,16 @@ def render_pdf(report: Report) -> bytes:
                                ("TOPPADDING", (0, 0), (-1, -1), 6), ("BOTTOMPADDING", (0, 0), (-1, -1), 6)]))
     story += [boxes]
     for section in layout(report):
-        story.append(Paragraph(escape(section.title), h2))
+        head = [Paragraph(escape(section.title), h2)]
         if section.intro:
-            story.append(Paragraph(escape(section.intro), base))
-        for chart in section.charts:
-            story.append(image(chart))
-        for view in section.tables:
-            story.append(table(view))
+            head.append(Paragraph(escape(section.intro), base))
+        # a heading stays with its first chart or table; each chart and table is kept whole
+        first = image(section.charts[0]) if section.charts else (table(section.tables[0]) if section.tables else [])
+        story.append(KeepTogether(head + first))
+        for chart in section.charts[1:]:
+            story.append(KeepTogether(image(chart)))
+        for view in section.tables[0 if section.charts else 1:]:
+            story.append(KeepTogether(table(view)))
         if section.items:
             story.append(ListFlowable([ListItem(Paragraph(escape(i), base)) for i in section.items],
                                       bulletType="bullet", leftIndent=12))
