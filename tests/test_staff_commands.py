@@ -342,3 +342,19 @@ def test_third_party_replying_in_the_thread_gets_no_case_contents(story):
                                        "longer wish to pursue it.", reply_to="someone@evil.example"))
     assert not [m for m in sent if "someone@evil.example" in m.to]
     assert [m for m in sent if "parent@example.com" in m.to]
+
+
+def test_attachments_are_never_forwarded_and_staff_are_told(story):
+    from email import message_from_bytes
+    from email.policy import SMTP
+
+    ref, _ = _complaint(story)
+    raw = outlook(sender=LM, subject=f"RE: [{ref}] New complaint", body="#reply\nPlease see our letter.",
+                  auth=verified("line.manager@example.org"))
+    msg = message_from_bytes(raw, policy=SMTP)
+    msg.add_attachment(b"%PDF-1.4 internal report", maintype="application", subtype="pdf",
+                       filename="investigation-notes.pdf")
+    sent = deliver(story, msg.as_bytes())
+    letter = to(sent, "parent@example.com")
+    assert not any(part.get_filename() for part in letter.message.walk())
+    assert "attachment(s) were NOT sent" in to(sent, "line.manager@example.org").text

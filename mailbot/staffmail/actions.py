@@ -251,6 +251,9 @@ def _obey(job: _Job) -> StaffResult:
         return StaffResult("staff_refused", case.reference if case else None, job.row.reason)
     for index, command in enumerate(parsed.commands):
         message = RUNNERS[command.name](job, command, job.plans.get(index, {}))
+        if command.name in ("reply", "outcome") and msg.attachments:
+            message += (f"; your {len(msg.attachments)} attachment(s) were NOT sent (letters carry "
+                        f"text only): send them to the complainant yourself if they should have them")
         job.results.append(ResultView(command.raw, True, message, command.name))
     job.view.results = job.results
     if any(c.name == "help" for c in parsed.commands):
