@@ -275,3 +275,26 @@ def test_wait_notices_mail_and_is_cheap(graph_server, oauth_tls):
         box.close()
     routes = {route for _m, route, _s in graph_server.log}
     assert routes <= {"delta", "child_folders", "create_folder", "mime"}
+
+
+# -- retention and requeue ---------------------------------------------------------------------------
+def test_erasure_deletes_the_handled_copies_for_good_and_requeue_brings_quarantine_back(
+        graph_server, oauth_tls):
+    mails = [make_mail(subject=f"r {i}", message_id=f"<r{i}@example.com>") for i in range(5)]
+    for raw in mails:
+        graph_server.append(raw)
+    box = _box(graph_server, oauth_tls)
+    try:
+        got = box.fetch(10)
+        box.move([m.uid for m in got[:4]], "processed")
+        box.move([got[4].uid], "quarantine")
+        assert box.count() == 0
+        # r0 and r1 erased (one with, one without angle brackets); r9 was never there
+        assert box.delete_handled(["<r0@example.com>", "r1@example.com", "<r9@example.com>"]) == 2
+        assert box.requeue() == 1
+        again = box.fetch(10)
+    finally:
+        box.close()
+    assert graph_server.messages(PROCESSED) == mails[2:4]
+    assert [m.raw for m in again] == [mails[4]] and again[0].uid == got[4].uid
+    assert graph_server.messages(QUARANTINE) == []

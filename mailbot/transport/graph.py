@@ -520,6 +520,54 @@ class GraphMailbox:
 
         self._run("move", do)
 
+    def _list(self, folder_id: str, params: dict) -> list[str]:
+        """Ids of the messages in a folder matching ``params`` (all pages)."""
+        ids: list[str] = []
+        url, query = f"mailFolders/{folder_id}/messages", {**params, "$select": "id", "$top": "100"}
+        while url:
+            page = self.client.json("GET", url, params=query)
+            ids += [m["id"] for m in page.get("value", []) if m.get("id")]
+            url, query = page.get("@odata.nextLink"), None
+        return ids
+
+    def delete_handled(self, message_ids: list[str]) -> int:
+        """Delete for good the handled copies (processed and quarantine folders) with these
+        Message-IDs: retention and erasure must not leave the mail behind in the mailbox
+        (``permanentDelete``: not even in Recoverable Items)."""
+        def do() -> int:
+            removed = 0
+            for destination in self._wanted:
+                folder_id = self.target(destination)
+                for message_id in message_ids:
+                    wanted = message_id.strip()
+                    wanted = wanted if wanted.startswith("<") else f"<{wanted}>"
+                    for item_id in self._list(folder_id, {
+                            "$filter": f"internetMessageId eq {_quote_odata(wanted)}"}):
+                        try:
+                            self.client.request("POST", f"messages/{quote(item_id, safe='')}"
+                                                "/permanentDelete", expect=(204,))
+                        except GraphError as exc:
+                            if exc.status != 404:
+                                raise
+                            continue
+                        removed += 1
+            return removed
+
+        return self._run("delete", do)
+
+    def requeue(self) -> int:
+        """Put every quarantined message back into the inbox (after the cause was fixed); the
+        next delta round lists them again, with the same ids."""
+        def do() -> int:
+            moved = 0
+            for item_id in self._list(self.target("quarantine"), {}):
+                self.client.request("POST", f"messages/{quote(item_id, safe='')}/move",
+                                    json={"destinationId": "inbox"}, expect=(200, 201))
+                moved += 1
+            return moved
+
+        return self._run("requeue", do)
+
     def count(self) -> int:
         """Messages waiting in the inbox (for ``mailbot status``): one delta round."""
         return len(self._run("count", self.sync))

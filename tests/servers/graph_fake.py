@@ -323,7 +323,9 @@ class GraphFake:
             ("GET", ["mailFolders", None, "messages", "delta"], "delta"),
             ("GET", ["mailFolders", None, "childFolders"], "child_folders"),
             ("POST", ["mailFolders", None, "childFolders"], "create_folder"),
+            ("GET", ["mailFolders", None, "messages"], "list_messages"),
             ("GET", ["mailFolders", None], "get_folder"),
+            ("POST", ["messages", None, "permanentDelete"], "permanent_delete"),
             ("GET", ["messages", None, "$value"], "mime"),
             ("POST", ["messages", None, "move"], "move"),
             ("POST", ["sendMail"], "send_mail"),
@@ -383,8 +385,8 @@ class GraphFake:
 
     def _check_permission(self, route: str, claims: dict) -> None:
         granted = set(claims.get("roles", [])) | set(str(claims.get("scp", "")).split())
-        needed = SEND if route == "send_mail" else READ if route in ("delta", "mime", "get_folder",
-                                                                      "child_folders") else WRITE
+        needed = SEND if route == "send_mail" else READ if route in (
+            "delta", "mime", "get_folder", "child_folders", "list_messages") else WRITE
         if not granted & needed:
             raise Refusal(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
 
@@ -577,7 +579,7 @@ class GraphFake:
             raise self._bad(f"move with {sorted(data)}, expected destinationId only")
         item = self._item(args[0])
         target = self._folder_of(data["destinationId"])
-        if item.folder != self.well_known("inbox").id:
+        if item.folder != self.well_known("inbox").id and target.well_known != "inbox":
             self.problems.append(f"move of {item.id[:12]}... from {self.folders[item.folder].name!r}: "
                                  "mailbot must only move messages it fetched from the inbox")
         item.folder = target.id
@@ -586,6 +588,40 @@ class GraphFake:
                **self._message_json(item, [])}
         out.pop("@odata.type")
         return 201, {}, json.dumps(out).encode()
+
+    def _r_list_messages(self, method, args, query, headers, body):
+        folder = self._folder_of(args[0])
+        self._only(query, {"$filter", "$select", "$top", "$skip"}, "messages")
+        select = self._select(query, MESSAGE_PROPS, "messages")
+        found = sorted((i for i in self.items.values() if i.folder == folder.id),
+                       key=lambda i: (i.received, i.id), reverse=True)
+        if "$filter" in query:
+            m = re.fullmatch(r"internetMessageId eq '((?:[^']|'')*)'", query["$filter"][0])
+            if not m:
+                raise self._bad(f"$filter {query['$filter'][0]!r}: only internetMessageId eq "
+                                "'...' is expected")
+            wanted = m.group(1).replace("''", "'")
+            found = [i for i in found if str(i.headers.get("Message-ID", "")).strip() == wanted]
+        top = int(query.get("$top", ["10"])[0])
+        skip = int(query.get("$skip", ["0"])[0])
+        page = found[skip:skip + min(top, self.max_page_size)]
+        out = {"@odata.context": f"{self.url}/$metadata#users('{self.mailbox}')/mailFolders('{folder.id}')/messages",
+               "value": [self._message_json(i, select) for i in page]}
+        if skip + len(page) < len(found):
+            rest = {k: v[0] for k, v in query.items() if k != "$skip"}
+            rest["$skip"] = str(skip + len(page))
+            out["@odata.nextLink"] = (f"{self._base()}/mailFolders/{folder.id}/messages?"
+                                      + "&".join(f"{k}={quote(v, safe='')}" for k, v in rest.items()))
+        return 200, {}, json.dumps(out).encode()
+
+    def _r_permanent_delete(self, method, args, query, headers, body):
+        self._only(query, set(), "permanentDelete")
+        item = self._item(args[0])
+        if self.folders[item.folder].well_known in ("inbox", "sentitems"):
+            self.problems.append(f"permanentDelete of a message in {self.folders[item.folder].name}: "
+                                 "mailbot only erases its handled copies")
+        del self.items[item.id]
+        return 204, {}, b""
 
     def _r_send_mail(self, method, args, query, headers, body):
         self._only(query, set(), "sendMail")
