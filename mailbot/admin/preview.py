@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from mailbot.admin.plan import aware
+from mailbot.admin.plan import aware, detached
 from mailbot.cases.models import CaseProgress, Message
 from mailbot.cases.workflow import deadlines_of
 from mailbot.intake.parse import ParseError, parse
@@ -31,10 +31,11 @@ def case_context(session: Session, rules: Rules, reference: str, handling: str =
     """The context a letter about this stored case would get (read only)."""
     from mailbot.staffmail.threads import case_by_reference
 
-    case = case_by_reference(session, reference)
-    if case is None:
+    stored = case_by_reference(session, reference)
+    if stored is None:
         raise PreviewError(f"no case with reference {reference}")
-    progress = session.get(CaseProgress, case.id)
+    case = detached(stored)  # copies: the letter is written after the read-only session ends
+    progress = detached(session.get(CaseProgress, case.id))
     first = session.exec(select(Message).where(col(Message.case_id) == case.id, col(Message.direction) == "in")
                          .order_by(col(Message.id))).first()
     body, sender_name, sender_addr = "", case.complainant_name, case.complainant
@@ -49,7 +50,8 @@ def case_context(session: Session, rules: Rules, reference: str, handling: str =
         rules, case=case, sender_name=sender_name, sender_addr=sender_addr, subject=case.subject,
         body=body, label=case.kind, channel=case.channel, flags=case.flag_list,
         confidence=case.confidence, needs_review=case.needs_review, received=aware(case.opened_at),
-        acknowledged=True, handling=handling, deadlines=deadlines_of(session, case),
+        acknowledged=True, handling=handling,
+        deadlines=[detached(d) for d in deadlines_of(session, stored)],
         stage=progress.stage if progress else 0, substitutions=subs,
         owner_role=progress.owner_role if progress and progress.owner_role else None,
         staff_roles=[rules.complaint.owner], reasons=[], publish=progress.publish if progress else "",
