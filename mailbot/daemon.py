@@ -135,11 +135,18 @@ class Daemon:
         everything, only up to one poll later."""
         from mailbot.scheduler import FollowUpScheduler
 
+        runner = None
         try:
-            self.follow_ups = FollowUpScheduler(self.app, sender_factory=self.app.open_sender)
-            self.follow_ups.start()
+            runner = FollowUpScheduler(self.app, sender_factory=self.app.open_sender)
+            runner.start()
+            self.follow_ups = runner
         except Exception:  # noqa: BLE001
             log.exception("follow-up scheduler not started; follow-ups are sent every round instead")
+            if runner is not None:
+                try:
+                    runner.shutdown()
+                except Exception:  # noqa: BLE001
+                    pass
             self.follow_ups = None
 
     def run_follow_ups(self, report: RunReport | None = None):
@@ -150,8 +157,11 @@ class Daemon:
 
         from mailbot.scheduler import sweep
 
-        with self.follow_ups.lock if self.follow_ups is not None else nullcontext():
-            result = sweep(self.app)
+        try:
+            with self.follow_ups.lock if self.follow_ups is not None else nullcontext():
+                result = sweep(self.app)
+        except STORAGE_ERRORS as exc:  # the database is away: the loop waits and tries again
+            raise StorageUnavailable(str(exc)) from exc
         if result.done:
             self.deliver(report or RunReport())
         if self.follow_ups is not None:

@@ -380,3 +380,41 @@ def test_rules_check_renders_the_follow_up_letters(tmp_path):
     (broken / "staff_reminder.txt.j2").write_text("{{ follow_up.deadline.nope }}\n")
     problems = check_templates(load_rules(REPO / "rules"), broken)
     assert any("staff_reminder" in p and "nope" in p for p in problems), problems
+
+
+def test_report_command_writes_html_pdf_and_csv(story_factory, sqlite_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from mailbot.cli import app as cli
+
+    story = story_factory("employment-charity-002", sqlite_url)
+    story.at(london(2026, 4, 14, 10, 0))
+    answered, late = _complain(story, "customer"), _complain(story, "critic")
+    story.at(london(2026, 5, 1, 10, 0))
+    record_outcome_now(story, answered, "ceo@example.org", detail="partly upheld")
+    from mailbot.reports import record_action
+
+    story.do(record_action, answered, "ceo@example.org",
+             "Spoke to Customer at customer@example.com on 07700 900123; rota changed")
+    story.at(london(2026, 7, 1, 12, 0))
+    outputs = {}
+    for fmt in ("html", "pdf", "csv"):
+        out = tmp_path / f"q2.{fmt}"
+        result = CliRunner().invoke(cli, ["report", "--from", "2026-04-01", "--to", "2026-06-30",
+                                          "--out", str(out), "--config", str(story.config)])
+        assert result.exit_code == 0, result.output
+        assert "2 case(s) from 1 April 2026 to 30 June 2026" in result.output
+        outputs[fmt] = out.read_bytes()
+    assert outputs["pdf"].startswith(b"%PDF")
+    rows = {(a, b): c for a, b, c in __import__("csv").reader(outputs["csv"].decode().splitlines())}
+    assert rows[("cases", "opened")] == "2" and rows[("outcome", "partly upheld")] == "1"
+    assert rows[("timeliness respond", "met")] == "1" and rows[("timeliness respond", "missed")] == "1"
+    assert rows[("remedial action", answered)] == \
+        "Spoke to [name removed] at [address removed] on [number removed]; rota changed"
+    html = outputs["html"].decode()
+    assert "data:image/png;base64," in html and late not in html  # references only where needed
+    for private in ("customer@example.com", "critic@example.com", "Critic", "youth club"):
+        assert private not in html and private.encode() not in outputs["csv"]
+    result = CliRunner().invoke(cli, ["report", "--from", "2026-06-30", "--to", "2026-04-01",
+                                      "--out", str(tmp_path / "x.html"), "--config", str(story.config)])
+    assert result.exit_code == 2 and "before" in result.output
