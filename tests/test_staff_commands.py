@@ -358,3 +358,19 @@ def test_attachments_are_never_forwarded_and_staff_are_told(story):
     letter = to(sent, "parent@example.com")
     assert not any(part.get_filename() for part in letter.message.walk())
     assert "attachment(s) were NOT sent" in to(sent, "line.manager@example.org").text
+
+
+def test_answers_cannot_turn_into_a_mail_loop(story, monkeypatch):
+    from mailbot.staffmail import actions
+
+    ref, _ = _complaint(story)
+    answer = to(_staff(story, ref, "#note\nFirst note."), "line.manager@example.org")
+    # a mailbox rule forwards our answer back: recorded, not answered
+    sent = _staff(story, ref, "", subject=f"FW: {answer.subject}", quoted=quote(answer.subject, answer.text))
+    assert sent == [] and story.last_outcomes[-1].action == "recorded"
+    # and whatever else goes round, answers stop after a number per hour
+    monkeypatch.setattr(actions, "ANSWERS_PER_HOUR", 2)
+    assert len(_staff(story, ref, "#note\nSecond note.")) == 1
+    assert _staff(story, ref, "#note\nThird note.") == []
+    assert [n["text"] for n in _events(story, ref, "note")][-1] == "Third note."  # still recorded
+    assert _events(story, ref, "staff_answer_suppressed")

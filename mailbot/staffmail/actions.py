@@ -40,7 +40,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from mailbot.cases.models import Case, CaseAssignee, CaseProgress, Event, Message
 from mailbot.cases.workflow import (CLOSED, COMPLAINT_MACHINE, INVESTIGATING, OUTCOME_SENT,
@@ -181,6 +181,8 @@ def _send_warning(app: "App", session: Session, msg: ParsedMessage, case: Case |
         return
     view = CommandView(author=msg.from_name, author_address=msg.from_addr, problem=problem,
                        attempted=_attempted(msg, parsed), done=False)
+    if _flooding(session, "staff_security_warning", None, now, case, None):
+        return
     context = _context(app, session, case, view, now=now, body=msg.text[:4000])
     _queue(app, session, "staff_security_warning", context, to, case)
 
@@ -200,9 +202,10 @@ def _refuse_unverified(app: "App", session: Session, msg: ParsedMessage, row: Me
     # the real owner of the address: no case contents, just that a message in their name was refused
     view = CommandView(author=msg.from_name, author_address=verdict.address, problem=verdict.problem,
                        attempted=_attempted(msg, parsed), done=False, help=cmd.help_lines())
-    context = _context(app, session, None, view, now=now)
-    _queue(app, session, "staff_not_verified", context, [verdict.address], None,
-           in_reply_to=msg.message_id, references=msg.references)
+    if not _flooding(session, "staff_not_verified", verdict.address, now, case, row):
+        context = _context(app, session, None, view, now=now)
+        _queue(app, session, "staff_not_verified", context, [verdict.address], None,
+               in_reply_to=msg.message_id, references=msg.references)
     log.warning("refused unverified staff message from %s: %s", verdict.address, verdict.problem)
     return StaffResult("unverified_refused", case.reference if case else None, problem)
 
@@ -274,7 +277,14 @@ def _note_without_commands(job: _Job) -> StaffResult:
         job.row.outcome, job.row.reason = "refused", "staff message without a case or a command"
         _answer(job)
         return StaffResult("staff_refused", None, job.row.reason)
-    text = job.parsed.content or job.msg.subject
+    if not job.parsed.content:
+        # nothing written: e.g. our own answer forwarded back by a mailbox rule. Recorded, not
+        # answered, so that such a rule cannot start a loop of answers.
+        job.row.outcome, job.row.reason = "recorded", "staff message without text or commands"
+        job.session.add(Event(case_id=job.case.id, message_id=job.row.id, actor=job.actor,
+                              action="staff_message_recorded", detail=json.dumps({"subject": job.msg.subject})))
+        return StaffResult("recorded", job.case.reference, job.row.reason)
+    text = job.parsed.content
     _record_note(job, text)
     job.results.append(ResultView("(no command)", True, "kept as an internal note on the case; "
                                   "nothing was sent to the complainant", "note"))
@@ -956,9 +966,33 @@ def _letter_to_complainant(job: _Job, letter_name: str, view: CommandView,
 def _answer(job: _Job) -> None:
     """The confirmation (or the refusal) to the member of staff, in their thread."""
     case = job.case
+    if _flooding(job.session, "staff_command_result", job.actor, job.now, case, job.row):
+        return
     context = _context(job.app, job.session, case, job.view, now=job.now)
     _queue(job.app, job.session, "staff_command_result", context, [job.actor], case,
            in_reply_to=job.msg.message_id, references=job.msg.references)
+
+
+# Answers and warnings per hour before mailbot stops writing them (and only records): a mailbox
+# rule that forwards our answer back, or a stream of forgeries, must not become a mail storm.
+ANSWERS_PER_HOUR = 30
+
+
+def _flooding(session: Session, purpose: str, address: str | None, now: datetime,
+              case: Case | None, row: Message | None) -> bool:
+    query = select(func.count()).select_from(Message).where(
+        col(Message.direction) == "out", col(Message.purpose) == purpose,
+        col(Message.at) >= now - timedelta(hours=1))
+    if address is not None:
+        query = query.where(col(Message.recipients) == address)
+    if session.exec(query).one() < ANSWERS_PER_HOUR:
+        return False
+    session.add(Event(case_id=case.id if case else None, message_id=row.id if row else None,
+                      actor="system", action="staff_answer_suppressed",
+                      detail=json.dumps({"letter": purpose, "to": address,
+                                         "why": f"{ANSWERS_PER_HOUR} in the last hour: possible mail loop"})))
+    log.warning("not sending %s to %s: %s in the last hour", purpose, address or "staff", ANSWERS_PER_HOUR)
+    return True
 
 
 def _first_text(session: Session, case: Case) -> str:
