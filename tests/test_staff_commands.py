@@ -374,3 +374,9 @@ def test_answers_cannot_turn_into_a_mail_loop(story, monkeypatch):
     assert _staff(story, ref, "#note\nThird note.") == []
     assert [n["text"] for n in _events(story, ref, "note")][-1] == "Third note."  # still recorded
     assert _events(story, ref, "staff_answer_suppressed")
+
+
+def test_note_in_the_subject(story):
+    ref, _ = _complaint(story)
+    _staff(story, ref, "", subject=f"RE: [{ref}] New complaint #note rang her back, no answer")
+    assert [n["text"] for n in _events(story, ref, "note")] == ["rang her back, no answer"]

@@ -364,8 +364,10 @@ def _move(state: _State, reference: str, target: str) -> None:
 
 
 def _text_of(command: cmd.Command, content: str) -> str:
-    """A command's words: its own argument (in the body) and the content under the commands."""
-    own = command.argument if command.where == "body" else ""
+    """A command's words: its own argument and the content under the commands.  In the subject
+    only a #note's argument counts (after #reply or #outcome the rest of a subject is usually
+    the old subject, never meant for the complainant)."""
+    own = command.argument if command.where == "body" or command.name == "note" else ""
     return "\n\n".join(p for p in (own.strip(), content.strip()) if p)
 
 
