@@ -21,7 +21,7 @@ from sqlalchemy.exc import (DisconnectionError, IntegrityError, InterfaceError, 
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, func, select
 
-from mailbot import staffmail
+from mailbot import feedback, staffmail
 from mailbot.app import App
 from mailbot.cases import registry
 from mailbot.cases.models import Case, CaseProgress, Event, Message, utcnow
@@ -221,7 +221,9 @@ def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage,
     row.case_id, row.outcome = case.id, action
     session.add(Event(case_id=case.id, message_id=row.id, actor="system", action="classified",
                       detail=cls.to_json()))
+    feedback.before_act(app, session, msg, cls, case, route, row)  # survey answers
     _act(app, session, msg, cls, case, route, row, now)
+    feedback.after_act(app, session, msg, cls, case, route, row)  # compliments, consent to publish
     return Outcome(incoming.uid, "processed", action, reference=case.reference, label=cls.label,
                    channel=cls.channel, detail=row.reason)
 

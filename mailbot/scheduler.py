@@ -354,12 +354,15 @@ def _outcome_items(rules: Rules, calendar: Calendar, case: Case, progress: CaseP
 
 def _compliment_item(rules: Rules, calendar: Calendar, case: Case, text: str,
                      now: datetime) -> Planned:
-    named = [r for r in named_roles(rules, text) if r != STAFF_ROLE]
+    from mailbot.feedback import compliment_targets  # staff and teams of people.toml too
+
+    named, addresses, who = compliment_targets(rules, text)
     at = calendar.clock_start(aware(case.opened_at))
-    who = ", ".join(rules.role_title(r) for r in named) or "nobody we have an address for"
+    who = who or "nobody we have an address for"
     return Planned(_key(COMPLIMENT, f"c{case.id}"), COMPLIMENT, at,
                    f"compliment fed back to the people it names ({who}), then closed",
-                   "due" if at <= now else "upcoming", case.id, case.reference, None, "", named)
+                   "due" if at <= now else "upcoming", case.id, case.reference, None, "", named,
+                   {"addresses": addresses} if addresses else {})
 
 
 # -- periodic reports ---------------------------------------------------------------------------
@@ -557,6 +560,11 @@ def sweep(app, now: datetime | None = None) -> SweepResult:
         except Exception as exc:  # noqa: BLE001 - one bad follow-up must not stop the others
             log.exception("follow-up %s failed", item.key)
             result.errors.append(f"{item.key}: {type(exc).__name__}: {exc}")
+    from mailbot.feedback import sweep_surveys  # satisfaction surveys (own table: once per person)
+
+    for s in sweep_surveys(app, now):
+        result.done.append(Planned(f"survey:c{s.case_id}", "survey", s.at, f"satisfaction survey ({s.trigger})",
+                                   "due", s.case_id, s.reference))
     return result
 
 
@@ -572,9 +580,10 @@ def _carry_out(app, session: Session, item: Planned, row: FollowUp, now: datetim
     if item.kind == WINDOW_CLOSED:
         transition(session, case, CLOSED, "system", "appeal window closed with no request")
     elif item.kind == COMPLIMENT:
-        if item.to_roles:
-            row.message_id = _letter(app, session, item, case, now, to_roles=item.to_roles,
-                                     extra={"compliment_text": _anonymised_compliment(session, case)})
+        if item.to_roles or item.data.get("addresses"):
+            from mailbot.feedback import pass_on  # to named staff, teams and their managers
+
+            row.message_id = pass_on(app, session, item, case, now)
         transition(session, case, CLOSED, "system", "compliment passed on")
     elif item.kind == PERIODIC_REPORT:
         row.message_id = _report_mail(app, session, item, now)

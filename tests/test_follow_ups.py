@@ -130,7 +130,9 @@ def test_youth_service_000_reminders_escalation_holding_letter(story_factory, db
                           ["line.manager@example.org"])],
         "Wed 27 May@9": [(f"[{extended}] MISSED: send our response by Tuesday 26 May 2026",
                           ["ceo@example.org", "line.manager@example.org"])],
-        # the review window after the outcome of 5 May ran out on 19 May: closed, nobody chased
+        # the review window after the outcome of 5 May ran out on 19 May: closed, nobody chased;
+        # at the next opening the complainant gets the policy's one satisfaction survey
+        "Wed 20 May@9": [(f"[{on_time}] How did we do?", ["carer@example.com"])],
     }
     assert {k: sorted(v) for k, v in sent.items()} == {k: sorted(v) for k, v in expected.items()}
     assert story.case(on_time).status == "closed" and "follow_up_window_closed" in story.events(on_time)

@@ -194,3 +194,38 @@ class FollowUp(SQLModel, table=True):
     done_at: Optional[datetime] = _moment()
     message_id: Optional[int] = Field(default=None, foreign_key="message.id")
     detail: str = Field(default="", sa_column=Column(Text, default=""))
+
+
+class Compliment(SQLModel, table=True):
+    """What a compliment praises and whether its sender lets us quote it (mailbot.feedback).
+    A table of its own so that databases created before it need no migration; every change of
+    consent is also an Event on the case.
+
+    ``praised``: JSON list of {"kind": "person" | "team" | "role", "name": ...} recognised in it.
+    ``consent``: "" (not asked: the policy never publishes), "asked", "yes" or "no"; only "yes"
+    puts the words (anonymised) on the compliments board and in reports."""
+
+    case_id: int = Field(foreign_key="case.id", primary_key=True)
+    praised: str = Field(default="", sa_column=Column(Text, default=""))
+    consent: str = ""
+    consent_asked_at: Optional[datetime] = _moment()
+    consent_at: Optional[datetime] = _moment()
+    consent_message_id: Optional[int] = Field(default=None, foreign_key="message.id")
+
+
+class Survey(SQLModel, table=True):
+    """The one satisfaction survey a person is sent (mailbot.feedback).  ``person`` is a digest of
+    their address and is unique: the row is written in the same transaction as the outbox letter,
+    so a sweep that runs twice, or in two daemons, surveys nobody twice."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    person: str = Field(unique=True, max_length=64)
+    case_id: int = Field(foreign_key="case.id", index=True)
+    trigger: str = ""  # closed | appeal_outcome
+    sent_at: Optional[datetime] = _moment()
+    message_id: Optional[int] = Field(default=None, foreign_key="message.id")  # the survey letter
+    answered_at: Optional[datetime] = _moment()
+    answer_message_id: Optional[int] = Field(default=None, foreign_key="message.id")
+    rating: str = ""  # a word of the policy's scale, "" when the answer gave none
+    score: Optional[int] = None  # 1 (worst) .. len(scale) (best)
+    comment: str = Field(default="", sa_column=Column(Text, default=""))

@@ -47,6 +47,9 @@ def check_templates(rules: Rules, templates: Path) -> list[str]:
     from mailbot.scheduler import check_follow_up_letters  # reminders, escalations, reports
 
     problems += check_follow_up_letters(rules, templates)
+    from mailbot.feedback import check_feedback_letters  # consent confirmation, survey
+
+    problems += check_feedback_letters(rules, templates)
     return problems
 
 

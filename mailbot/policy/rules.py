@@ -31,6 +31,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
                       ValidationError, field_validator, model_validator)
 
+from mailbot.policy.people import Person, SurveyRules, Team
+
 LABELS = ("complaint", "compliment", "appeal", "withdrawal", "other")
 FLAGS = ("safeguarding", "legal", "abusive", "anonymous")
 CHANNELS = ("email", "sms_gateway", "social_media", "auto_reply", "web_form")
@@ -328,6 +330,9 @@ class ComplimentRules(_Strict):
     letter: TemplateName | None = "thank_you"
     pass_to: list[RoleName] = Field(default_factory=list)
     publish: Literal["never", "anonymised", "with_permission"] = "anonymised"
+    # mailbot.feedback: unless publish = "never", the thank-you asks whether the words may be
+    # quoted (anonymised); a reply saying yes or no is confirmed with this letter
+    consent_letter: TemplateName | None = "consent_noted"
 
 
 class StaffRules(_Strict):
@@ -426,6 +431,10 @@ class Rules(_Strict):
     reminders: Reminders = Reminders()
     holding_letter: HoldingLetter = HoldingLetter()
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
+    # mailbot.feedback: staff and teams compliments may name (people.toml), the survey (workflow.toml)
+    people: list[Person] = Field(default_factory=list)
+    teams: list[Team] = Field(default_factory=list)
+    survey: SurveyRules = SurveyRules()
     path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("channels")
@@ -540,6 +549,7 @@ RULE_FILES = {
     "workflow.toml": None,  # top-level tables: complaint, compliment, intake, anonymous, ...
     "channels.toml": "channels",
     "staff.toml": None,  # top-level table: [staff] (working a case by email)
+    "people.toml": None,  # top-level arrays: [[people]], [[teams]] (who compliments may name)
 }
 
 
@@ -644,6 +654,9 @@ def _cross_check(rules: Rules, directory: Path, origin: dict[str, Path]) -> list
                 f"{roles_file}: {rule.if_named}: give this role a name or known_as words "
                 f"(e.g. known_as = [\"chief executive\"]) so that conflict_of_interest#{i} can "
                 f"recognise a complaint that names them")
+    from mailbot.policy.people import person_problems
+
+    problems += person_problems(rules)
     return problems
 
 
