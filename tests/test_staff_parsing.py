@@ -210,3 +210,19 @@ def test_exchange_internal_marks_count_only_for_an_ews_mailbox():
     assert not _verdict("Jane <jane@example.org>", headers=half, kind="ews").authenticated
     anonymous = dict(EXCHANGE, **{"X-MS-Exchange-Organization-AuthAs": "Anonymous"})
     assert not _verdict("Jane <jane@example.org>", headers=anonymous, kind="ews").authenticated
+
+
+def test_staff_rules_mistakes_name_the_file_and_key(tmp_path):
+    from mailbot.policy.rules import RulesError, load_rules
+
+    (tmp_path / "staff.toml").write_text('[staff]\nmembers = ["Jane Staff <jane@example.org>"]\n'
+                                         'trusted_authserv_ids = ["mx example"]\n')
+    with pytest.raises(RulesError) as caught:
+        load_rules(tmp_path)
+    problems = "\n".join(caught.value.problems)
+    assert "staff.toml: staff.members: 'Jane Staff <jane@example.org>' is not an email address" in problems
+    assert "staff.toml: staff.trusted_authserv_ids: 'mx example' is not an authserv-id" in problems
+    (tmp_path / "staff.toml").write_text('[staff]\nwarn = ["nobody"]\n')
+    with pytest.raises(RulesError) as caught:
+        load_rules(tmp_path)
+    assert "staff.warn: the role 'nobody' is not defined" in "\n".join(caught.value.problems)
