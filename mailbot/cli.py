@@ -648,7 +648,9 @@ def schedule_run(config: str = ConfigOption) -> None:
 
 
 @app.command()
-def report(date_from: str = typer.Option(..., "--from", help="First day (YYYY-MM-DD)."),
+def report(what: Optional[str] = typer.Argument(None, help="Nothing: the board report; \"compliments\": "
+                                                "the compliments board (consented, anonymised quotes)."),
+           date_from: str = typer.Option(..., "--from", help="First day (YYYY-MM-DD)."),
            date_to: str = typer.Option(..., "--to", help="Last day, included (YYYY-MM-DD)."),
            out: Path = typer.Option(..., "--out", help="File to write."),
            fmt: Optional[str] = typer.Option(None, "--format", help="html, pdf or csv (default: from --out)."),
@@ -668,7 +670,25 @@ def report(date_from: str = typer.Option(..., "--from", help="First day (YYYY-MM
     fmt = (fmt or out.suffix.lstrip(".") or "html").lower()
     if fmt not in ("html", "pdf", "csv"):
         _fail(f"--format must be html, pdf or csv, not {fmt!r}")
+    if what not in (None, "compliments"):
+        _fail(f"mailbot report {what}: unknown report; use `mailbot report --from ...` for the board "
+              f"report or `mailbot report compliments --from ...` for the compliments board")
     application = _load(config)
+    if what == "compliments":
+        from mailbot.reports.compliments import build_board, render_board_html, render_board_pdf
+
+        if fmt == "csv":
+            _fail("the compliments board is made as html or pdf")
+        with application.db.session() as session:
+            board = build_board(session, application.rules, start, last + timedelta(days=1),
+                                **({"title": title} if title != "Complaints and compliments report" else {}))
+        if fmt == "pdf":
+            out.write_bytes(render_board_pdf(board))
+        else:
+            out.write_text(render_board_html(board), encoding="utf-8")
+        console.print(escape(f"{len(board.quotes)} compliment(s) from {board.period}: {fmt.upper()} "
+                             f"written to {out}"), highlight=False)
+        return
     with application.db.session() as session:
         data = build_report(session, application.rules, start, last + timedelta(days=1), title=title)
     if fmt == "pdf":

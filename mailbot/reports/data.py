@@ -32,7 +32,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Iterable
+from typing import Any, Iterable
 
 from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
@@ -117,6 +117,7 @@ class Report:
     open_at_end: int = 0
     weekly: dict[date, Counter] = field(default_factory=dict)
     stage_names: dict[int, str] = field(default_factory=dict)
+    feedback: Any = None  # mailbot.reports.compliments.Feedback: consented quotes, survey results
 
     @property
     def last_day(self) -> date:
@@ -165,6 +166,9 @@ class Report:
                  ("compliments", "passed on", str(self.compliments_passed_on))]
         rows += [("compliments by channel", k, str(v)) for k, v in sorted(self.compliments_by_channel.items())]
         rows += [(ACTIONS.get(kind, kind), ref, text) for ref, kind, text in self.actions]
+        from mailbot.reports.compliments import feedback_rows
+
+        rows += feedback_rows(self.feedback)
         return rows
 
 
@@ -411,6 +415,9 @@ def build_report(session: Session, rules: Rules, start: date, end: date, *,
         report.compliments_passed_on = len(session.exec(select(FollowUp.id).where(
             col(FollowUp.kind) == "compliment_passed_on", col(FollowUp.case_id).in_(compliment_ids),
             col(FollowUp.message_id).is_not(None))).all())
+    from mailbot.reports.compliments import build_feedback  # consented quotes, survey results
+
+    report.feedback = build_feedback(session, rules, start, end)
     return report
 
 

@@ -148,12 +148,15 @@ def _layout(report: Report) -> list[Section]:
         empty="None recorded in the period."))
 
     sections.append(Section(
-        "Compliments", "Compliments are counted, not quoted: they are passed on to the people they "
-        "name and published only as the policy allows.",
+        "Compliments", "Compliments are passed on to the people they name, and quoted (below) only "
+        "where the policy allows it and the sender agreed.",
         tables=[TableView(["", "number"], [["received", str(report.compliments)],
                                            ["passed on to the people named", str(report.compliments_passed_on)]]
                           + [[f"by {k.replace('_', ' ')}", str(v)] for k, v in sorted(report.compliments_by_channel.items())],
                           "Compliments")]))
+    from mailbot.reports.compliments import feedback_sections  # quotes given permission, survey
+
+    sections += feedback_sections(report)
     return sections
 
 
