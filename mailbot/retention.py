@@ -120,6 +120,11 @@ def execute(db: Database, plan: Plan) -> Result:
                     session.add(ev)
             case.complainant, case.complainant_name, case.subject = ERASED, "", ""
             session.add(case)
+            from mailbot.cases.models import Survey  # mailbot.feedback: the words of a survey answer
+
+            for survey in session.exec(select(Survey).where(col(Survey.case_id) == case_id)).all():
+                survey.comment = ""  # the rating stays, as an anonymous figure
+                session.add(survey)
             session.add(Event(case_id=case_id, actor="system", action="erased",
                               detail=json.dumps({"reason": plan.reason, "events": erased,
                                                  "messages": len(messages)})))

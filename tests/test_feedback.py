@@ -405,3 +405,23 @@ def test_thank_you_does_not_ask_when_the_policy_never_publishes(tmp_path, doveco
     finally:
         office.close()
 
+
+
+def test_erasure_removes_survey_words_and_the_quote(office_factory, sqlite_url):
+    from mailbot import retention
+
+    office = office_factory(sqlite_url)
+    office.at(london(2026, 4, 14, 10, 0))
+    office.send(*COMPLAINT, sender="Carer One <carer@example.com>")
+    ref = office.latest().reference
+    _close(office, ref)
+    survey = [m for m in office.sweep() if "How did we do?" in str(m.message["Subject"])][0]
+    office.send(**reply(survey.message, "Excellent, the youth worker called me back the same day.",
+                        text_of(survey), "Carer One <carer@example.com>"))
+    with office.app.db.session() as s:
+        assert "called me back" in s.exec(select(Survey)).one().comment
+        plan = retention.plan_erasure(s, "carer@example.com")
+    retention.execute(office.app.db, plan)
+    with office.app.db.session() as s:
+        answer = s.exec(select(Survey)).one()
+    assert answer.comment == "" and answer.rating == "Excellent"
