@@ -99,6 +99,8 @@ def test_simulate_announces_what_the_pipeline_then_does(story, tmp_path):
     assert plan["action"] == "case_opened" and plan["case"] == "CMP-2026-00001"
     assert [d["name"] for d in plan["deadlines"]] == ["pass_to_owner", "acknowledge", "respond"]
     ref = plan["case"]
+    again = _simulate(story, tmp_path / "complaint.eml", london(2026, 8, 28, 11, 30))
+    assert again["action"] == "duplicate" and not again["letters"]  # handled once, never twice
 
     # a text message by SMS: not accepted, a short reply, staff told, no case
     plan = _check(story, tmp_path, "sms", make_mail(

@@ -241,6 +241,8 @@ def _print_plan(console, file: Path, plan, show_letters: bool) -> None:
         what = f"join case {plan.case} ({plan.kind}), status {plan.status_before} -> {plan.status_after}"
     elif plan.action == "staff":
         what = f"staff mail{f' about {plan.case}' if plan.case else ''}"
+    elif plan.action == "duplicate":
+        what = "nothing: this very message was handled before"
     elif plan.action == "own_mail":
         what = "our own mail coming back: recorded, never answered"
     else:

@@ -82,11 +82,25 @@ def parse_when(text: str | None) -> datetime:
 def simulate(app: App, engine: Engine, raw: bytes, at: datetime | None = None) -> Plan:
     """The plan for one message arriving at ``at`` (default now); raises ParseError for mail the
     daemon would quarantine as unreadable."""
+    from sqlmodel import col, select
+
+    from mailbot.cases.models import Message
+    from mailbot.pipeline import dedupe_key, erased_key
+
     msg = parse(raw)
     now = at or utcnow()
     cls = app.classifier.classify(msg)
     with read_session(engine) as session:
         try:
+            key = dedupe_key(msg, msg.sha256)
+            seen = session.exec(select(Message.id).where(
+                col(Message.dedupe_key).in_([key, erased_key(key)]))).first()
+            if seen is not None:  # the pipeline's exactly-once check comes before anything else
+                return Plan(label=cls.label, channel=cls.channel, flags=list(cls.flags),
+                            reference=cls.reference, confidence=cls.confidence,
+                            needs_review=cls.needs_review, classification_reasons=list(cls.reasons),
+                            action="duplicate", received=now,
+                            reasons=[f"already handled (message {seen}): a second copy does nothing"])
             return plan_message(app, session, msg, cls, now)
         finally:
             session.rollback()
