@@ -231,6 +231,11 @@ def _key(*parts: Any) -> str:
     return text
 
 
+def _slug(name: str) -> str:
+    """A report's part of a key: by its name, so reordering [[reporting]] changes nothing."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "report"
+
+
 def _latest_only(items: list[Planned], now: datetime) -> None:
     """Of a series (reminders for one date, progress letters), only the latest whose moment has
     passed is due; earlier ones were overtaken (downtime) and are not sent late."""
@@ -344,7 +349,7 @@ def _outcome_items(rules: Rules, calendar: Calendar, case: Case, progress: CaseP
                 at = calendar.clock_start(window.due_at + timedelta(seconds=1))
         roles = apply_substitutions(rule.to, _subs(progress))
         items.append(Planned(
-            _key(OUTCOME_REPORT, f"r{index}", f"c{case.id}", f"s{stage}"), OUTCOME_REPORT, at,
+            _key(OUTCOME_REPORT, _slug(rule.name), f"c{case.id}", f"s{stage}"), OUTCOME_REPORT, at,
             f"{rule.name}: {rule.after_outcome} after the outcome of {describe(outcome_at)}"
             + (" with no appeal" if rule.only_if_no_appeal else ""),
             "due" if at <= now else "upcoming", case.id, case.reference, None, f"stage {stage}",
@@ -422,7 +427,7 @@ def _report_items(rules: Rules, calendar: Calendar, first_case: datetime | None,
 
 def _report_planned(rule: ReportRule, index: int, start: date, end: date, at: datetime,
                     why: str) -> Planned:
-    return Planned(_key(PERIODIC_REPORT, f"r{index}", start.isoformat()), PERIODIC_REPORT, at, why,
+    return Planned(_key(PERIODIC_REPORT, _slug(rule.name), start.isoformat()), PERIODIC_REPORT, at, why,
                    "upcoming", offset=f"{start.isoformat()}..{end.isoformat()}", to_roles=list(rule.to),
                    data={"rule": index, "start": start, "end": end})
 
