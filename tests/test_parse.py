@@ -110,3 +110,14 @@ def test_hostile_corpus_parses_or_is_refused_with_a_reason():
         assert isinstance(msg.text, str) and isinstance(msg.subject, str), path
         parsed += 1
     assert parsed + refused == len(HOSTILE) and parsed > len(HOSTILE) // 2
+
+
+@pytest.mark.parametrize("header, name, address", [
+    ("jane@example.org <attacker@evil.example>", "jane@example.org", "attacker@evil.example"),
+    ('"Smith, Jane" <Jane@Example.org>', "Smith, Jane", "jane@example.org"),
+    ("=?utf-8?q?Si=C3=A2n?= <s@example.com>", "Siân", "s@example.com"),
+    ("plain@example.com", "", "plain@example.com"),
+])
+def test_sender_is_the_angle_address_never_a_display_name(header, name, address):
+    msg = parse(f"From: {header}\r\nSubject: x\r\n\r\nbody\r\n".encode())
+    assert (msg.from_name, msg.from_addr) == (name, address)

@@ -112,12 +112,23 @@ def _known_charset(charset: str | None) -> str | None:
         return None
 
 
+_SINGLE_MAILBOX = re.compile(r'^(?P<display>[^<>]*)<(?P<addr>[^<>@\s]+@[^<>\s]+)>\s*$')
+
+
 def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     values = [str(v) for v in (msg.get_all(name) or [])]
-    try:
-        pairs = getaddresses(values)
-    except Exception:  # noqa: BLE001
-        pairs = []
+    pairs = []
+    for value in values:
+        # "jane@example.org <attacker@evil.example>" is one mailbox whose display name looks
+        # like an address: the mail comes from the address in angle brackets, never the name
+        single = _SINGLE_MAILBOX.match(" ".join(value.split()))
+        if single and single.group("display").count('"') % 2 == 0:
+            pairs.append((single.group("display").strip().strip('"').strip(), single.group("addr")))
+            continue
+        try:
+            pairs.extend(getaddresses([value]))
+        except Exception:  # noqa: BLE001
+            continue
     out = []
     for display, addr in pairs:
         addr = _CONTROL.sub("", addr).strip().strip("<>").lower()
