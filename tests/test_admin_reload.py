@@ -162,3 +162,19 @@ def test_a_valid_edit_applies_without_restart(live, dovecot, smtp_server):
     with app.db.session() as s:
         assert s.exec(select(Case).where(col(Case.complainant) == "alerts@relay.textco.example")).first() is None
         assert [e.action for e in s.exec(select(Event).where(col(Event.action).like("rules_%"))).all()] == ["rules_reloaded"]
+
+
+def test_the_app_outlives_its_daemon(live, dovecot, smtp_server):
+    """After the daemon stops, its snapshot is gone and the App reads the admin's files again
+    (a `--once` run or a test may go on using it)."""
+    app, daemon, thread, rules, templates = live
+    dovecot.append(_complaint("first"))
+    _wait_for_letter(smtp_server, "first@example.com", "We have received your complaint")
+    snapshot = daemon.rules_watch.current.snapshot.root
+    assert app.letters.directory != templates and snapshot.is_dir()
+    daemon.stop()
+    thread.join(60)
+    daemon.close()
+    assert not snapshot.exists()
+    assert app.letters.directory == templates and app.rules.path == rules
+    assert app.letters.exists("acknowledgement")

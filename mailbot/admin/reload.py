@@ -108,9 +108,20 @@ class RulesWatch:
             return None
 
     def close(self) -> None:
-        if self.current is not None:
-            self.current.close()
-            self.current = None
+        """Remove the snapshot, and point the App back at the admin's directories first: the
+        App outlives its daemon (tests, `--once` runs after a daemon), and letters or a
+        classifier built later must not look for files in a snapshot that is gone."""
+        if self.current is None:
+            return
+        from mailbot.letters import Letters
+
+        with self.lock():
+            if self.app.letters is self.current.letters:
+                self.app.letters = Letters(self.origin.templates)
+            if self.app.rules is self.current.rules:
+                self.app.rules.path = self.origin.rules
+        self.current.close()
+        self.current = None
 
     # -- inside ------------------------------------------------------------------------------
 
