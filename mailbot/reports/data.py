@@ -300,7 +300,7 @@ def build_report(session: Session, rules: Rules, start: date, end: date, *,
     """The report for London dates ``start`` (inclusive) to ``end`` (exclusive)."""
     now = now or utcnow()
     t0, t1 = london_midnight(start), london_midnight(end)
-    as_of = min(now, t1)
+    as_of = now  # like outcomes: as things stand on the day the report is made
     report = Report(title=title, organisation=rules.organisation.name, start=start, end=end,
                     generated_at=now,
                     stage_names={i: s.name for i, s in enumerate(rules.complaint.appeals, 1)})
