@@ -158,7 +158,7 @@ def test_back_off_longer_than_allowed_gives_up_for_now_and_moves_nothing(graph_s
         started = time.monotonic()
         with pytest.raises(TransportError, match="busy"):
             box.move([msg.uid], "processed")
-        assert time.monotonic() - started < 5  # did not sit out the 60 s
+        assert time.monotonic() - started < 30  # did not sit out the 60 s
         assert len(graph_server.messages("inbox")) == 1  # still there, for the next round
         box.move([msg.uid], "processed")  # the next round works
     finally:
