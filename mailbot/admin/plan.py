@@ -11,6 +11,10 @@ it was before the message, for replay).  ``tests/test_admin_simulate.py`` holds 
 against what the pipeline then really does, so the two cannot drift apart unnoticed.
 
 Read with a read-only connection (``read_only_engine``): a plan cannot write even by mistake.
+
+Not planned: what ``mailbot.feedback`` adds around the letters (a survey answer recorded, a
+consent to quote confirmed by letter) and the commands of staff mail; the plan says when a
+message is of that kind.
 """
 
 from __future__ import annotations
@@ -217,6 +221,26 @@ def _staff_matter(app: "App", msg: ParsedMessage, cls: Classification, case: Cas
     return f"from staff: handled as staff commands ({said}); simulate does not carry them out"
 
 
+def _feedback_note(session: Session, case: Case, msg: ParsedMessage) -> str | None:
+    """``mailbot.feedback`` also reads a reply on a case with a survey waiting for an answer, or
+    on a compliment whose sender was asked for consent to quote it (and may confirm it by
+    letter).  That is not planned here; say so rather than show less than will happen."""
+    try:
+        from mailbot.cases.models import Compliment, Survey
+    except ImportError:  # pragma: no cover - an installation without the feedback feature
+        return None
+    if case.id is None or not case.complainant or msg.from_addr.lower() != case.complainant.lower():
+        return None
+    survey = session.exec(select(Survey).where(col(Survey.case_id) == case.id)).first()
+    if survey is not None and survey.answered_at is None:
+        return "note: it may also answer our satisfaction survey (mailbot.feedback: not shown here)"
+    compliment = session.get(Compliment, case.id)
+    if case.kind == "compliment" and compliment is not None and compliment.consent:
+        return ("note: it may also answer our request to quote the compliment, and be confirmed by "
+                "letter (mailbot.feedback: not shown here)")
+    return None
+
+
 def plan_message(app: "App", session: Session, msg: ParsedMessage, cls: Classification,
                  now: datetime, *, state: CaseState | None | type = ..., new_reference: str | None = None,
                  check_limits: bool = True, render: bool = True) -> Plan:
@@ -273,6 +297,10 @@ def plan_message(app: "App", session: Session, msg: ParsedMessage, cls: Classifi
         progress = state.progress or CaseProgress(case_id=case.id or 0)
         deadlines = list(state.deadlines)
     plan.case, plan.kind = case.reference, case.kind
+    if route.action == "add_to_case":
+        note = _feedback_note(session, case, msg)
+        if note:
+            plan.reasons.append(note)
 
     # pipeline._apply, without the database
     if route.owner_role:
