@@ -17,7 +17,7 @@ import shutil
 import pytest
 from sqlalchemy import inspect, text
 
-from tests.mailkit import make_mail, run_cli
+from tests.mailkit import run_cli
 from tests.policy_story import london, record_outcome_now
 
 COMPLAINT = ("Complaint about the Thursday youth club",

@@ -121,7 +121,7 @@ def test_simulate_announces_what_the_pipeline_then_does(story, tmp_path):
 
     # the same appeal after the window: the refusal in the policy's words
     story.at(london(2026, 10, 16, 10, 0))
-    second, _ = story.mail(*COMPLAINT, sender="Carer <carer@example.com>"), None
+    story.mail(*COMPLAINT, sender="Carer <carer@example.com>")
     other = story.latest_case().reference
     story.at(london(2026, 10, 20, 10, 0))
     record_outcome_now(story, other)
