@@ -26,7 +26,7 @@ from mailbot.app import App
 from mailbot.cases import registry
 from mailbot.cases.models import Case, CaseProgress, Event, Message, utcnow
 from mailbot.cases.workflow import (RECEIVED, Route, add_deadline, deadlines_of, decide,
-                                    meet_deadline, progress_of, transition)
+                                    meet_deadline, progress_of, transition, update_progress)
 from mailbot.classify import Classification
 from mailbot.intake.parse import ParsedMessage, ParseError, parse
 from mailbot.letters import LetterError, build_email
@@ -269,14 +269,7 @@ def _apply(app: App, session: Session, case: Case, route: Route, row: Message, n
     """Carry out the decision on the case: progress, state changes, deadlines (computed once,
     here, from the arrival time and the organisation's calendar)."""
     progress = progress_of(session, case)
-    if route.owner_role:
-        progress.owner_role = route.owner_role
-    if route.substitutions:
-        progress.substitutions = json.dumps(route.substitutions, sort_keys=True)
-    if route.publish:
-        progress.publish = route.publish
-    if route.stage is not None:
-        progress.stage = route.stage
+    update_progress(progress, route)
     session.add(progress)
     session.flush()
     calendar = Calendar.for_rules(app.rules)

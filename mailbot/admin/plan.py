@@ -19,7 +19,6 @@ message is of that kind.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -30,7 +29,7 @@ from sqlmodel import Session, col, create_engine, select
 
 from mailbot.cases.models import Case, CaseAssignee, CaseProgress, Counter, Deadline, Message
 from mailbot.cases.workflow import (PAUSED_LEGAL, RECEIVED, Route, decide, deadlines_of,
-                                    find_deadline, machine_for)
+                                    find_deadline, machine_for, update_progress)
 from mailbot.classify import Classification
 from mailbot.intake.parse import ParsedMessage
 from mailbot.letters import LetterError
@@ -303,14 +302,7 @@ def plan_message(app: "App", session: Session, msg: ParsedMessage, cls: Classifi
             plan.reasons.append(note)
 
     # pipeline._apply, without the database
-    if route.owner_role:
-        progress.owner_role = route.owner_role
-    if route.substitutions:
-        progress.substitutions = json.dumps(route.substitutions, sort_keys=True)
-    if route.publish:
-        progress.publish = route.publish
-    if route.stage is not None:
-        progress.stage = route.stage
+    update_progress(progress, route)
     plan.owner_role = progress.owner_role or None
     for name, stage in route.meet:
         row = find_deadline(deadlines, name, stage)

@@ -526,3 +526,16 @@ __all__ = [
     "start_investigation", "resume", "extend_deadline", "add_deadline", "meet_deadline",
     "deadlines_of", "progress_of", "allowed_transitions", "machine_for", "can_answer",
 ]
+
+
+def update_progress(progress: CaseProgress, route: Route) -> None:
+    """Write what a decision says about the case's place in the procedure onto its progress
+    row (shared by the pipeline and by the dry-run plan, so both read a route the same way)."""
+    if route.owner_role:
+        progress.owner_role = route.owner_role
+    if route.substitutions:
+        progress.substitutions = json.dumps(route.substitutions, sort_keys=True)
+    if route.publish:
+        progress.publish = route.publish
+    if route.stage is not None:
+        progress.stage = route.stage
