@@ -32,6 +32,9 @@ class Together(_Strict):
 
     name: str
     groups: list[list[str]] = Field(min_length=2)
+    # None: anywhere in the message.  A number: a phrase of every group within that many words of
+    # a phrase of the first group ("my son" ... "crying" in one or two sentences, not a page apart)
+    within: int | None = Field(None, ge=1, le=500)
 
 
 class PatternRule(_Strict):
@@ -182,13 +185,37 @@ class RuleMatcher:
             key = vocab.strings[match_id]
             if "|" in key:
                 rule_key, name, group = key.split("|")
-                groups.setdefault((rule_key, name), {}).setdefault(int(group), doc[start:end].text)
+                groups.setdefault((rule_key, name), {}).setdefault(int(group), []).append((start, end))
             else:
                 hits.setdefault(key, []).append(doc[start:end].text)
         for (rule_key, name), found in groups.items():
             table = self.rules.labels if rule_key.startswith("label:") else self.rules.flags
             rule = table[rule_key.split(":", 1)[1]]
             together = next(t for t in rule.together if t.name == name)
-            if len(found) == len(together.groups):
-                hits.setdefault(rule_key, []).append(f"{name}: " + " + ".join(found[g] for g in sorted(found)))
+            if len(found) != len(together.groups):
+                continue
+            if together.within is None:
+                chosen = {g: spans[0] for g, spans in found.items()}
+            else:
+                chosen = self._near(found, together.within)
+                if chosen is None:
+                    continue
+            hits.setdefault(rule_key, []).append(
+                f"{name}: " + " + ".join(doc[chosen[g][0]:chosen[g][1]].text for g in sorted(chosen)))
         return hits
+
+    @staticmethod
+    def _near(found: dict[int, list[tuple[int, int]]], within: int) -> dict[int, tuple[int, int]] | None:
+        """A span of the first group with a span of every other group at most ``within`` tokens away."""
+        for anchor in found[0]:
+            chosen = {0: anchor}
+            for g, spans in found.items():
+                if g == 0:
+                    continue
+                near = next((s for s in spans if s[0] - anchor[1] <= within and anchor[0] - s[1] <= within), None)
+                if near is None:
+                    break
+                chosen[g] = near
+            else:
+                return chosen
+        return None

@@ -61,12 +61,23 @@ def _matches(rule: ChannelRule, msg: ParsedMessage) -> str | None:
         for name in msg.headers:
             if rx.search(name):
                 return f"header {name} matches {pattern!r}"
-    for name in rule.headers:
-        value = msg.header(name)
-        if value is not None and value.strip().lower() != "no":  # "Auto-Submitted: no" is human
+    for sign in rule.headers:
+        # "Name" (present, any value but "no") or "Name: pattern" (present with a matching value)
+        name, colon, wanted = sign.partition(":")
+        value = msg.header(name.strip())
+        if value is None:
+            continue
+        if colon:
+            if _compile(wanted.strip()).search(value.strip()):
+                return f"header {name.strip()}: {value.strip()[:60]}"
+        elif value.strip().lower() != "no":  # "Auto-Submitted: no" is human
             return f"header {name}"
+    # the address, and 'Name <address>': a robot is often known by its display name ("X", "Mail
+    # Delivery System") while its address is anything
+    senders = [msg.from_addr] + ([f"{msg.from_name.strip()} <{msg.from_addr}>"] if msg.from_name.strip() else [])
     for pattern in rule.sender_patterns:
-        if _compile(pattern).search(msg.from_addr):
+        rx = _compile(pattern)
+        if any(rx.search(sender) for sender in senders):
             return f"sender matches {pattern!r}"
     for pattern in rule.subject_patterns:
         if _compile(pattern).search(msg.subject):
