@@ -79,6 +79,17 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def _add_sms_gateway(path: Path, domain: str) -> None:
+    """An admin adds a gateway domain to [sms_gateway] (whatever else the shipped file holds)."""
+    head, _, tail = path.read_text().partition("[sms_gateway]\n")
+    assert tail, f"no [sms_gateway] in {path}"
+    if "sender_domains = [" in tail.split("\n[", 1)[0]:
+        tail = tail.replace("sender_domains = [", f'sender_domains = ["{domain}", ', 1)
+    else:
+        tail = f'sender_domains = ["{domain}"]\n' + tail
+    path.write_text(head + "[sms_gateway]\n" + tail)
+
+
 def _deadlines(app, complainant: str) -> dict[str, Deadline]:
     with app.db.session() as s:
         case = s.exec(select(Case).where(col(Case.complainant) == complainant)).one()
@@ -137,7 +148,7 @@ def test_a_valid_edit_applies_without_restart(live, dovecot, smtp_server):
     _edit(rules / "workflow.toml", 'respond_within = "28 days"', 'respond_within = "20 working days"')
     _edit(templates / "acknowledgement.txt.j2", "What happens next:",
           "Thank you for taking the time to tell us.\n\nWhat happens next:")
-    _edit(rules / "channels.toml", "[sms_gateway]\n", '[sms_gateway]\nsender_domains = ["textco.example"]\n')
+    _add_sms_gateway(rules / "channels.toml", "textco.example")
     applied = _wait_for_letter(smtp_server, ADMIN, "changed rules taken up")
     body = _text(applied)
     for name in ("rules/workflow.toml", "rules/channels.toml", "templates/acknowledgement.txt.j2"):
