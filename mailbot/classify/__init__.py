@@ -52,6 +52,55 @@ def find_reference(rules: Rules, *texts: str) -> str | None:
     return None
 
 
+# Signs that the writer keeps their identity back: a sender named after a role, not a person
+# ("Concerned neighbour", "A worried parent", "Anonymous"), an address made for the purpose
+# ("concerned.parent@", "anon1234@", a throwaway-mail domain), a form's name field left empty or
+# "anonymous", or a letter signed only with a role ("A volunteer driver").
+_ROLE = (r"(parent|mum|mom|mother|dad|father|nan|gran|grandparent|carer|neighbour|neighbor|resident|local|volunteer|"
+         r"driver|member|user|service user|learner|student|client|customer|worker|employee|member of (the )?public|"
+         r"member of staff|staff member|ex[- ]?employee|former (volunteer|employee|member of staff)|whistle-?blower|"
+         r"well-?wisher|friend|supporter|donor|taxpayer|citizen|person|reader|visitor|passenger|tenant|patient|"
+         r"colleague|young person|teenager|participant|family member|relative)s?")
+_ANON_NAME = re.compile(r"^\s*(a|an|one|just a|from a|the)?\s*((concerned|worried|anxious|upset|angry|frustrated|unhappy|"
+                        r"disappointed|disgusted|fed[- ]up|local|fellow|ex|former|anonymous|anon|a)\s+)*" + _ROLE + r"\s*$|"
+                        r"^\s*(anon|anonymous|anonymous user|anonymous reviewer|a google user|name withheld|withheld|"
+                        r"not given|unknown|no name|nobody|someone|a friend|concerned|worried|whistle-?blower)\s*\.?\s*$", re.I)
+_ANON_ADDRESS = re.compile(r"(^|[._-])(anon|anonymous|anonymously|concerned|worried|throwaway|burner|noname|nameless|"
+                           r"nobody|incognito|whistle-?blower|withheld|notmyname)([._-]|\d|@|$)", re.I)
+_THROWAWAY_DOMAINS = ("mailinator.", "guerrillamail.", "sharklasers.", "10minutemail.", "temp-mail.", "tempmail.",
+                      "yopmail.", "trashmail.", "dispostable.", "maildrop.", "getnada.", "throwawaymail.",
+                      "mailnesia.", "fakeinbox.", "emailondeck.", "burnermail.", "spamgourmet.", "tempr.email",
+                      "mohmal.", "mintemail.", "33mail.", "anonaddy.", "simplelogin.", "duck.com")
+_SIGNED_AS_ROLE = re.compile(r"^\s*[-–—~]*\s*((a|an|one|just a|from a|signed,?)\s+((concerned|worried|anxious|upset|"
+                             r"angry|frustrated|unhappy|disappointed|fed[- ]up|local|fellow|ex|former|regular|long[- ]?time|"
+                             r"loyal|volunteer)\s+)*" + _ROLE + r"|anon|anonymous|name withheld|a friend)\s*[.!x]*\s*$", re.I)
+_EMPTY_NAME = re.compile(r"^\s*(|-+|n/?a|none|anon|anonymous|not given|\(not given\)|\(not provided\)|not provided|"
+                         r"\(left blank\)|withheld|prefer not to say|rather not say|no)\s*$", re.I)
+
+
+_NEWSLETTER = re.compile(r"^(precedence: (bulk|list)|list-id)", re.I)
+
+
+def anonymous_signs(msg: ParsedMessage, prep) -> str | None:
+    """Why the writer looks anonymous, or None."""
+    name = (msg.from_name or "").strip().strip('"')
+    if name and _ANON_NAME.match(name):
+        return f"the sender calls themselves {name!r}"
+    local, _, domain = (msg.from_addr or "").lower().partition("@")
+    if _ANON_ADDRESS.search(local + "@"):
+        return f"the address {msg.from_addr!r} is made to hide a name"
+    if any(domain.startswith(d) or ("." + d) in ("." + domain) for d in _THROWAWAY_DOMAINS):
+        return f"a throwaway address ({domain})"
+    for key, value in prep.form_fields.items():
+        if re.fullmatch(r"\s*(your |full )?name\s*", key, re.I) and _EMPTY_NAME.match(value.split("\n")[0]):
+            return f"the form's {key!r} field is {value.split(chr(10))[0].strip() or 'empty'!r}"
+    tail = [ln for ln in f"{prep.new_text}\n{prep.signature}".split("\n") if ln.strip()][-2:]
+    for line in tail:
+        if _SIGNED_AS_ROLE.match(line):
+            return f"signed {line.strip()!r}"
+    return None
+
+
 class Classifier:
     def __init__(self, rules: Rules, model_dir: Path | None = None, review_below: float = 0.6):
         from mailbot.classify import model
@@ -123,10 +172,16 @@ class Classifier:
                 reasons.append(f"rules changed the label from {top_model} to {label}")
 
         flags = []
+        newsletter = scr.channel == "email" and bool(_NEWSLETTER.match(msg.machine_generated or ""))
         for flag in FLAGS:
             rule = self.patterns.flags.get(flag) if self.patterns else None
             threshold = rule.threshold if rule else 0.5
             found = hits.get(f"flag:{flag}")
+            if found and newsletter and flag == "safeguarding" and rule:
+                # a bulletin that mentions safeguarding training or exploitation awareness is not a
+                # concern: in bulk mail only the rules that need a child and a harm close together count
+                near = {t.name for t in rule.together if t.within}
+                found = [h for h in found if h.split(":", 1)[0] in near]
             probability = float(doc.cats.get(flag, 0.0))
             if found:
                 flags.append(flag)
@@ -138,6 +193,11 @@ class Classifier:
                 re.search(r"e-?mail", k, re.I) and not v.strip() for k, v in prep.form_fields.items()):
             flags.append("anonymous")
             reasons.append("flag anonymous: the form was sent without an email address")
+        if "anonymous" not in flags and label != "other":
+            why = anonymous_signs(msg, prep)
+            if why:
+                flags.append("anonymous")
+                reasons.append(f"flag anonymous: {why}")
         if label == "other" and scr.channel == "auto_reply":
             flags = [f for f in flags if f == "safeguarding"]  # a bounce is nobody's concern, but never drop a risk
         needs_review = confidence < self.review_below

@@ -31,6 +31,22 @@ def _compile(pattern: str, multiline: bool = False) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE | (re.MULTILINE if multiline else 0))
 
 
+@lru_cache(maxsize=128)
+def _any(patterns: tuple[str, ...], multiline: bool = False) -> re.Pattern[str] | None:
+    """All of a rule's patterns as one regex: one search per text instead of one per pattern
+    (the pattern that matched is looked up only when one did, for the reason)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE | (re.MULTILINE if multiline else 0))
+
+
+def _first(patterns: list[str], texts: list[str], multiline: bool = False) -> str | None:
+    combined = _any(tuple(patterns), multiline)
+    if combined is None or not any(combined.search(t) for t in texts):
+        return None
+    return next(p for p in patterns if any(_compile(p, multiline).search(t) for t in texts))
+
+
 _QUOTE_START = re.compile(
     r"^\s*(-{2,}\s*(original message|forwarded message)\s*-{2,}|begin forwarded message\s*:?|_{8,})\s*$"
     r"|^\s*\**from\**\s*:.*\n\s*\**(sent|date)\**\s*:"
@@ -56,10 +72,11 @@ def _matches(rule: ChannelRule, msg: ParsedMessage) -> str | None:
     for word in rule.sender_domain_words:
         if word.lower() in labels:
             return f"sender domain {domain} ({word})"
-    for pattern in rule.header_patterns:
-        rx = _compile(pattern)
+    if rule.header_patterns:
+        combined = _any(tuple(rule.header_patterns))
         for name in msg.headers:
-            if rx.search(name):
+            if combined.search(name):
+                pattern = next(p for p in rule.header_patterns if _compile(p).search(name))
                 return f"header {name} matches {pattern!r}"
     for sign in rule.headers:
         # "Name" (present, any value but "no") or "Name: pattern" (present with a matching value)
@@ -75,16 +92,15 @@ def _matches(rule: ChannelRule, msg: ParsedMessage) -> str | None:
     # the address, and 'Name <address>': a robot is often known by its display name ("X", "Mail
     # Delivery System") while its address is anything
     senders = [msg.from_addr] + ([f"{msg.from_name.strip()} <{msg.from_addr}>"] if msg.from_name.strip() else [])
-    for pattern in rule.sender_patterns:
-        rx = _compile(pattern)
-        if any(rx.search(sender) for sender in senders):
-            return f"sender matches {pattern!r}"
-    for pattern in rule.subject_patterns:
-        if _compile(pattern).search(msg.subject):
-            return f"subject matches {pattern!r}"
-    head = _own_text(msg.text[:4000])
-    for pattern in rule.body_patterns:
-        if _compile(pattern, multiline=True).search(head):
+    pattern = _first(rule.sender_patterns, senders)
+    if pattern:
+        return f"sender matches {pattern!r}"
+    pattern = _first(rule.subject_patterns, [msg.subject])
+    if pattern:
+        return f"subject matches {pattern!r}"
+    if rule.body_patterns:
+        pattern = _first(rule.body_patterns, [_own_text(msg.text[:4000])], multiline=True)
+        if pattern:
             return f"body matches {pattern!r}"
     return None
 
