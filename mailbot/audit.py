@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import event, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import object_session
 from sqlmodel import Field, Session, SQLModel, col
 from sqlmodel import select as sql_select
 
 from mailbot.cases.models import Event
 
 GENESIS = "0" * 64
+HEAD_DIRTY = "audit_head_dirty"  # Session.info: events were appended in this transaction
 
 
 class AuditHead(SQLModel, table=True):
@@ -79,11 +81,21 @@ def _chain(_mapper, connection: Connection, target: Event) -> None:
     head["hash"] = target.hash
     head["count"] += 1
     head["dirty"] = True
+    session = object_session(target)
+    if session is not None:
+        session.info[HEAD_DIRTY] = True
 
 
-@event.listens_for(OrmSession, "after_flush_postexec")
-def _store_head(session: Session, _context) -> None:
-    """Write the chain head once per flush rather than once per event (same transaction)."""
+@event.listens_for(OrmSession, "before_commit")
+def _store_head(session: Session) -> None:
+    """Write the chain head once per transaction, at commit, rather than once per event: a
+    batch of messages appends hundreds of events under one head (which stays locked, on
+    PostgreSQL, from its first read to the commit)."""
+    if session.in_nested_transaction():
+        return  # a savepoint: the head is written once, when the transaction itself commits
+    session.flush()  # the last events get their hashes now, not in commit's own flush
+    if not session.info.pop(HEAD_DIRTY, False):
+        return
     connection = session.connection()
     head = connection.info.get("audit_head")
     if head is not None and head.get("dirty") and head["txn"] is connection.get_transaction():

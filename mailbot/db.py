@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -56,13 +56,30 @@ def create_schema(engine: Engine) -> None:
         with engine.begin() as conn:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
             SQLModel.metadata.create_all(conn)
+            _add_missing_indexes(conn)
         return
     SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        _add_missing_indexes(conn)
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         try:
             os.chmod(engine.url.database, 0o600)
         except OSError:
             pass
+
+
+def _add_missing_indexes(conn) -> None:
+    """``create_all`` makes missing tables but not an index added to a table that exists: a
+    database made by an older version gets the newer indexes here (additive, so safe to run on
+    every start; anything beyond adding indexes needs a real migration)."""
+    inspector = inspect(conn)
+    for table in SQLModel.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(conn, checkfirst=True)
 
 
 class Database:

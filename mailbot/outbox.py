@@ -19,6 +19,7 @@ from mailbot.transport.base import PermanentSendError, Sender, TransportError
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 12
+QUEUED_KEY = "automatic_letters_queued"  # Session.info: letters queued in this transaction
 BACKOFF_CAP = timedelta(hours=1)
 
 
@@ -32,6 +33,8 @@ def queue(session: Session, msg: EmailMessage, *, case_id: int | None, purpose: 
         sender=mail_from, recipients=",".join(recipients), subject=str(msg["Subject"]),
         raw=as_smtp_bytes(msg), purpose=purpose, delivery="queued")
     session.add(row)
+    if not purpose.startswith("staff"):  # automatic letters, counted by the reply limits
+        session.info[QUEUED_KEY] = session.info.get(QUEUED_KEY, 0) + 1
     return row
 
 

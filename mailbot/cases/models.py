@@ -74,7 +74,12 @@ class Message(SQLModel, table=True):
     sent_at: Optional[datetime] = None
     last_error: str = ""
 
-    __table_args__ = (Index("ix_message_delivery", "direction", "delivery"),)
+    __table_args__ = (
+        Index("ix_message_delivery", "direction", "delivery"),
+        # the reply limits (rules [limits]) count recent letters, per address and in all
+        Index("ix_message_recipient_at", "direction", "recipients", "at"),
+        Index("ix_message_direction_at", "direction", "at"),
+    )
 
 
 class Event(SQLModel, table=True):

@@ -92,6 +92,9 @@ def allowed_transitions(case: Case) -> set[str]:
 
 
 def progress_of(session: Session, case: Case) -> CaseProgress:
+    for pending in session.new:  # made with the case a moment ago, not yet written
+        if isinstance(pending, CaseProgress) and pending.case_id == case.id:
+            return pending
     progress = session.get(CaseProgress, case.id)
     if progress is None:
         progress = CaseProgress(case_id=case.id)
