@@ -9,6 +9,12 @@ channel, yet nobody replies to it.
 from __future__ import annotations
 
 import re
+try:
+    import re._constants as _sre
+    import re._parser as _sre_parse
+except ImportError:  # Python < 3.11
+    import sre_constants as _sre  # type: ignore[no-redef]
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -40,11 +46,55 @@ def _any(patterns: tuple[str, ...], multiline: bool = False) -> re.Pattern[str] 
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE | (re.MULTILINE if multiline else 0))
 
 
-def _first(patterns: list[str], texts: list[str], multiline: bool = False) -> str | None:
-    combined = _any(tuple(patterns), multiline)
-    if combined is None or not any(combined.search(t) for t in texts):
+def _literals(items) -> list[str] | None:
+    """Words a pattern cannot match without (any one of them), from its parse tree; None: unknown."""
+    best: list[str] | None = None
+    run = ""
+
+    def offer(options: list[str] | None) -> None:
+        nonlocal best
+        if options and all(len(o) >= 3 for o in options) and (
+                best is None or min(map(len, options)) > min(map(len, best))):
+            best = options
+
+    for op, arg in items:
+        if op is _sre.LITERAL:
+            run += chr(arg).lower()
+            continue
+        offer([run] if run else None)
+        run = ""
+        if op is _sre.SUBPATTERN:
+            offer(_literals(arg[-1]))
+        elif op is _sre.BRANCH:
+            branches = [_literals(b) for b in arg[1]]
+            if all(branches):
+                offer([w for b in branches for w in b])
+        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT) and arg[0] >= 1:
+            offer(_literals(arg[2]))
+    offer([run] if run else None)
+    return best
+
+
+@lru_cache(maxsize=512)
+def _needs(pattern: str) -> tuple[str, ...] | None:
+    try:
+        return tuple(_literals(_sre_parse.parse(pattern, re.IGNORECASE)) or ()) or None
+    except Exception:  # noqa: BLE001 - no shortcut for a pattern we cannot read; it is still searched
         return None
-    return next(p for p in patterns if any(_compile(p, multiline).search(t) for t in texts))
+
+
+def _first(patterns: list[str], texts: list[str], multiline: bool = False) -> str | None:
+    """The first pattern that matches one of the texts.  A pattern is only searched when a word it
+    cannot match without is in the text (a plain substring test, far cheaper than the search)."""
+    lowered = [t.lower() for t in texts]
+    for pattern in patterns:
+        needs = _needs(pattern)
+        if needs is not None and not any(w in t for t in lowered for w in needs):
+            continue
+        rx = _compile(pattern, multiline)
+        if any(rx.search(t) for t in texts):
+            return pattern
+    return None
 
 
 _QUOTE_START = re.compile(
