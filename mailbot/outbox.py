@@ -42,51 +42,64 @@ def _backoff(attempts: int, base: float = 30) -> timedelta:
     return min(timedelta(seconds=base * 2 ** (attempts - 1)), BACKOFF_CAP)
 
 
+SEND_CHUNK = 25  # rows locked and marked per transaction
+
+
 def deliver(db: Database, sender: Sender, limit: int = 1000, retry_seconds: float = 30) -> dict[str, int]:
-    """Send what is due, one row per transaction (locked so two daemons never both send it)."""
+    """Send what is due, up to ``SEND_CHUNK`` rows per transaction (locked with SKIP LOCKED so
+    two daemons never both send one).  A crash between the server's acceptance and the commit
+    sends those few letters again, with the same Message-ID, which receivers recognise."""
     counts = {"sent": 0, "retry": 0, "failed": 0}
-    for _ in range(limit):
+    while counts["sent"] + counts["retry"] + counts["failed"] < limit:
         with db.session() as session:
             now = utcnow()
-            row = session.exec(
+            rows = session.exec(
                 select(Message)
                 .where(col(Message.direction) == "out", col(Message.delivery) == "queued",
                        or_(col(Message.next_attempt_at).is_(None), col(Message.next_attempt_at) <= now))
-                .order_by(col(Message.id)).limit(1).with_for_update(skip_locked=True)
-            ).first()
-            if row is None:
+                .order_by(col(Message.id)).limit(SEND_CHUNK).with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
                 break
-            recipients = [r for r in row.recipients.split(",") if r]
-            try:
-                sender.send(row.raw, row.sender, recipients)
-            except PermanentSendError as exc:
-                row.delivery, row.last_error = "failed", str(exc)[:1000]
-                row.attempts += 1
-                session.add(Event(case_id=row.case_id, message_id=row.id, actor="system",
-                                  action="delivery_failed", detail=row.last_error))
-                counts["failed"] += 1
-                log.error("outbox: message %s refused for good: %s", row.id, exc)
-            except TransportError as exc:
-                row.attempts += 1
-                row.last_error = str(exc)[:1000]
-                if row.attempts >= MAX_ATTEMPTS:
-                    row.delivery = "failed"
-                    session.add(Event(case_id=row.case_id, message_id=row.id, actor="system",
-                                      action="delivery_failed", detail=row.last_error))
-                    counts["failed"] += 1
-                else:
-                    row.next_attempt_at = now + _backoff(row.attempts, retry_seconds)
-                    counts["retry"] += 1
-                log.warning("outbox: message %s not sent (attempt %s): %s", row.id, row.attempts, exc)
-                session.add(row)
-                session.commit()
-                break  # the server is unwell: stop this round, the rest waits for the next
-            else:
-                row.delivery, row.sent_at = "sent", utcnow()
-                row.attempts += 1
-                counts["sent"] += 1
-            session.add(row)
+            for row in rows:
+                if not _send_one(session, sender, row, now, counts, retry_seconds):
+                    return counts  # the server is unwell: the rest waits for the next round
     return counts
+
+
+def _send_one(session: Session, sender: Sender, row: Message, now, counts: dict[str, int],
+              retry_seconds: float) -> bool:
+    """Send one row and record the result on it; False when the server is unwell."""
+    recipients = [r for r in row.recipients.split(",") if r]
+    try:
+        sender.send(row.raw, row.sender, recipients)
+    except PermanentSendError as exc:
+        row.delivery, row.last_error = "failed", str(exc)[:1000]
+        row.attempts += 1
+        session.add(Event(case_id=row.case_id, message_id=row.id, actor="system",
+                          action="delivery_failed", detail=row.last_error))
+        counts["failed"] += 1
+        log.error("outbox: message %s refused for good: %s", row.id, exc)
+    except TransportError as exc:
+        row.attempts += 1
+        row.last_error = str(exc)[:1000]
+        if row.attempts >= MAX_ATTEMPTS:
+            row.delivery = "failed"
+            session.add(Event(case_id=row.case_id, message_id=row.id, actor="system",
+                              action="delivery_failed", detail=row.last_error))
+            counts["failed"] += 1
+        else:
+            row.next_attempt_at = now + _backoff(row.attempts, retry_seconds)
+            counts["retry"] += 1
+        log.warning("outbox: message %s not sent (attempt %s): %s", row.id, row.attempts, exc)
+        session.add(row)
+        return False
+    else:
+        row.delivery, row.sent_at = "sent", utcnow()
+        row.attempts += 1
+        counts["sent"] += 1
+    session.add(row)
+    return True
 
 
 def pending_count(db: Database) -> int:

@@ -19,13 +19,21 @@ from mailbot.policy.rules import ReferenceRules
 
 def next_reference(session: Session, rules: ReferenceRules, year: int) -> str:
     name = f"{rules.format}|{year}"
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(Counter).values(name=name, value=0).on_conflict_do_nothing())
-    seq = session.execute(
+    made = session.info.setdefault("counters_made", set())  # skip the insert after the first
+    seq = _take(session, name) if name in made else None
+    if seq is None:  # first number of the year, or a savepoint rolled the counter row back
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        session.execute(insert(Counter).values(name=name, value=0).on_conflict_do_nothing())
+        made.add(name)
+        seq = _take(session, name)
+    return rules.make(year, seq)
+
+
+def _take(session: Session, name: str) -> int | None:
+    return session.execute(
         update(Counter).where(col(Counter.name) == name).values(value=Counter.value + 1)
         .returning(Counter.value)
-    ).scalar_one()
-    return rules.make(year, seq)
+    ).scalar_one_or_none()
 
 
 def case_by_reference(session: Session, reference: str | None) -> Case | None:
