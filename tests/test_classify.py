@@ -172,6 +172,111 @@ def test_channel_rules(classifier, sender, subject, headers, body, channel):
     assert classifier.classify(msg).channel == channel
 
 
+@pytest.mark.parametrize("sender, subject, headers, body, channel", [
+    # SMS gateways: a phone number in the address, the subject or the relay's own lines; a gateway header
+    ("ReplyHub <sms+447700900311@replyhub.example.net>", "Inbound", {}, "bus late again", "sms_gateway"),
+    ("Gateway <relay@gw.example.net>", "Text from +447700900412", {}, "where is my refund", "sms_gateway"),
+    ("Gateway <relay@gw.example.net>", "Forwarded", {}, "07700 900 515 (03/02/2026 09:14):\nno one came", "sms_gateway"),
+    ("Relay <in@relay.example.net>", "message", {"X-Relay-Virtual-Number": "07700900010"}, "hi", "sms_gateway"),
+    ("5550104477@vtext.com", "", {}, "driver never showed", "sms_gateway"),
+    # social networks and review sites, directly or through a social inbox tool
+    ("X <info@x.example.com>", "Your highlights this week", {}, "Top posts", "social_media"),
+    ("Desk <alerts@desk.example.com>", "New Instagram comment from sam_k", {}, "x", "social_media"),
+    ("Trustpilot <noreply@trustpilot.com>", "Someone reviewed you", {}, "1 star", "social_media"),
+    ("Desk <alerts@desk.example.com>", "Update", {"X-Desk-Social-Network": "tiktok"}, "x", "social_media"),
+    # web-form services
+    ("Google Forms <forms-receipts-noreply@google.com>", "Feedback form", {}, "x", "web_form"),
+    ("Microsoft Forms <no-reply@forms.office.com>", "New responses have been received for your form", {}, "x",
+     "web_form"),
+    ("Site <noreply@club.example.org>", "Website message", {}, "Message: hi\n\nPowered by Jotform", "web_form"),
+    ("Formspree <noreply@formspree.io>", "Club site", {}, "x", "web_form"),
+    # auto-replies in other languages, and by their headers
+    ("Ana <ana@example.es>", "Respuesta automática: su queja", {}, "x", "auto_reply"),
+    ("Aled <aled@example.cymru>", "Ateb awtomatig: CMP-2026-00001", {}, "x", "auto_reply"),
+    ("Jo <jo@example.com>", "Re: your letter", {"Precedence": "auto_reply"}, "x", "auto_reply"),
+    ("Jo <jo@example.com>", "Re: your letter", {"X-Autorespond": "yes"}, "x", "auto_reply"),
+    ("Jo <jo@example.com>", "Read: Outcome of your complaint", {}, "x", "auto_reply"),
+    # people who write about texts, posts and forms are still writing email; so is a newsletter
+    ("Jo <jo@example.com>", "No reply", {}, "I tried to text 07700 900123 three times and nobody answered.", "email"),
+    ("Jo <jo@example.com>", "Your Facebook post", {}, "Your Facebook post about the fun day named my son.", "email"),
+    ("Jo <jo@example.com>", "Your website", {}, "Your contact form doesn't work, so I'm emailing.", "email"),
+    ("News <news@charity.example.org>", "Winter newsletter", {"Precedence": "bulk"}, "Our news", "email"),
+])
+def test_channel_signs_generalise(classifier, sender, subject, headers, body, channel):
+    msg = parse(make_mail(sender=sender, subject=subject, headers=headers, body=body))
+    assert classifier.classify(msg).channel == channel
+
+
+def test_a_read_receipt_or_delivery_report_is_an_auto_reply(classifier):
+    raw = (b"From: Sam <sam@example.net>\r\nTo: complaints@example.org\r\nSubject: Your letter\r\n"
+           b"Message-ID: <r1@example.net>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/report; report-type=disposition-notification; boundary=\"b\"\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nThe message was displayed.\r\n"
+           b"--b\r\nContent-Type: message/disposition-notification\r\n\r\nDisposition: manual-action/MDN-sent-manually; displayed\r\n"
+           b"--b--\r\n")
+    result = classifier.classify(parse(raw))
+    assert (result.channel, result.label) == ("auto_reply", "other")
+
+
+@pytest.mark.parametrize("subject, body", [
+    ("Feedback on the holiday club", "The lunches were fine and the trips were fun. The booking site was slow. "
+     "One more thing: Mia (6) said a helper locked her in the store cupboard for being naughty. Thanks, Dee"),
+    ("Dad's day centre", "My father has dementia. He was given another client's tablets at lunch and slept all evening."),
+    ("", "my lad is 13 and he says hes scared to go home cos of his stepdad. he told the youth worker and nothing happened"),
+    ("Mentoring", "The mentor keeps sending my daughter messages at midnight and asked her to keep it between them."),
+    ("Camp", "Our son came home with unexplained bruises on his back and the leaders say they know nothing about it."),
+    ("", "Your worker was alone with the children in the minibus for hours and wouldn't let them call home."),
+    ("Still waiting", "Four months on your waiting list. Honestly I don't want to be here anymore. Nobody calls back."),
+    ("After school club", "A 5 year old went missing from the club on Tuesday and was found by a stranger on the main road."),
+])
+def test_safeguarding_signs_are_flagged_in_any_wording(classifier, subject, body):
+    msg = parse(make_mail(subject=subject, body=body))
+    assert "safeguarding" in classifier.classify(msg).flags
+
+
+def test_a_bulletin_about_safeguarding_training_is_not_a_concern(classifier):
+    body = ("Spring bulletin. Safeguarding training for volunteers: recognising abuse, neglect, grooming and "
+            "exploitation, 4 March, online. Book your place. Small grants for children's projects reopen in April.")
+    msg = parse(make_mail(sender="News <news@network.example.org>", subject="Spring bulletin", body=body,
+                          headers={"Precedence": "bulk"}))
+    assert "safeguarding" not in classifier.classify(msg).flags
+
+
+@pytest.mark.parametrize("body, abusive", [
+    ("Pay my deposit back or I'll be waiting for you outside when you lock up.", True),
+    ("Tell your manager to watch his back. People round here know where he drinks.", True),
+    ("You'll regret the day you crossed me, all of you.", True),
+    ("Your so-called team are spineless cowards covering for each other.", True),
+    ("shes a stuck up cow and a liar", True),
+    ("Your handling of my case was incompetent, slow and unfair. I am furious and want a senior review.", False),
+    ("This service is a shambles and your letter is a disgrace to the charity.", False),
+])
+def test_abuse_aimed_at_staff_not_strong_criticism(classifier, body, abusive):
+    msg = parse(make_mail(subject="Complaint", body=body))
+    assert ("abusive" in classifier.classify(msg).flags) is abusive
+
+
+@pytest.mark.parametrize("sender, body, anonymous", [
+    ("Concerned parent <cp.2026@example.com>", "The club gate is left open every evening.", True),
+    ("worried.resident@example.net", "The hall bins are overflowing again.", True),
+    ("Sam <sam@mailinator.com>", "The volunteer on the till overcharges people.", True),
+    ("Jo Bloggs <jo@example.com>", "The shop prices keep changing.\n\nA regular volunteer", True),
+    ("Jo Bloggs <jo@example.com>", "I don't want to be identified, but the rota is unfair.", True),
+    ("Farah Siddiqui <farah@example.com>", "Please keep this confidential from the team for now. The rota is unfair.\n\n"
+     "Farah Siddiqui", False),
+])
+def test_anonymous_writers_are_recognised(classifier, sender, body, anonymous):
+    msg = parse(make_mail(sender=sender, subject="Complaint", body=body))
+    assert ("anonymous" in classifier.classify(msg).flags) is anonymous
+
+
+def test_a_form_sent_without_a_name_is_anonymous(classifier):
+    body = "Name: (not given)\nEmail: reply@example.net\nMessage: The toilets at the hall have been broken for a month.\n"
+    msg = parse(make_mail(sender="WordPress <wordpress@club.example.org>", subject="New submission", body=body))
+    result = classifier.classify(msg)
+    assert result.channel == "web_form" and "anonymous" in result.flags
+
+
 def _shingles(text: str, n: int = 4) -> set[str]:
     import re
 
