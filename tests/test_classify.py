@@ -262,6 +262,7 @@ def test_abuse_aimed_at_staff_not_strong_criticism(classifier, body, abusive):
     ("Sam <sam@mailinator.com>", "The volunteer on the till overcharges people.", True),
     ("Jo Bloggs <jo@example.com>", "The shop prices keep changing.\n\nA regular volunteer", True),
     ("Jo Bloggs <jo@example.com>", "I don't want to be identified, but the rota is unfair.", True),
+    ("Parent <parent@example.com>", "The bus to the holiday club was late again.", False),
     ("Farah Siddiqui <farah@example.com>", "Please keep this confidential from the team for now. The rota is unfair.\n\n"
      "Farah Siddiqui", False),
 ])

@@ -61,10 +61,14 @@ _ROLE = (r"(parent|mum|mom|mother|dad|father|nan|gran|grandparent|carer|neighbou
          r"member of staff|staff member|ex[- ]?employee|former (volunteer|employee|member of staff)|whistle-?blower|"
          r"well-?wisher|friend|supporter|donor|taxpayer|citizen|person|reader|visitor|passenger|tenant|patient|"
          r"colleague|young person|teenager|participant|family member|relative)s?")
-_ANON_NAME = re.compile(r"^\s*(a|an|one|just a|from a|the)?\s*((concerned|worried|anxious|upset|angry|frustrated|unhappy|"
-                        r"disappointed|disgusted|fed[- ]up|local|fellow|ex|former|anonymous|anon|a)\s+)*" + _ROLE + r"\s*$|"
+_QUALIFIER = (r"(concerned|worried|anxious|upset|angry|frustrated|unhappy|disappointed|disgusted|fed[- ]up|local|"
+              r"fellow|ex|former|anonymous|anon)")
+# "Concerned parent", "A worried mum", "Anonymous": a role with a qualifier or an article, never a
+# bare role word ("Parent <parent@...>" may well be how a real person set up their mailbox)
+_ANON_NAME = re.compile(r"^\s*((a|an|one|just a|from a|the)\s+)?(" + _QUALIFIER + r"\s+)+" + _ROLE + r"\s*$|"
+                        r"^\s*(a|an|one|just a|from a)\s+" + _ROLE + r"\s*$|"
                         r"^\s*(anon|anonymous|anonymous user|anonymous reviewer|a google user|name withheld|withheld|"
-                        r"not given|unknown|no name|nobody|someone|a friend|concerned|worried|whistle-?blower)\s*\.?\s*$", re.I)
+                        r"not given|no name|a friend|whistle-?blower)\s*\.?\s*$", re.I)
 _ANON_ADDRESS = re.compile(r"(^|[._-])(anon|anonymous|anonymously|concerned|worried|throwaway|burner|noname|nameless|"
                            r"nobody|incognito|whistle-?blower|withheld|notmyname)([._-]|\d|@|$)", re.I)
 _THROWAWAY_DOMAINS = ("mailinator.", "guerrillamail.", "sharklasers.", "10minutemail.", "temp-mail.", "tempmail.",
