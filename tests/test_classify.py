@@ -302,3 +302,31 @@ def test_training_data_does_not_copy_held_out_mail():
                 copies.append(f"{ex.source} ~ {name}")
                 break
     assert copies == []
+
+
+@pytest.mark.parametrize("body, flag, expected", [
+    # safeguarding, understated: a partner who watches, a frail adult's fall, a young carer, consent
+    ("Please drop my complaint. My boyfriend goes through my phone and doesn't like me talking to you.",
+     "safeguarding", True),
+    ("My gran lives alone and she fell twice this month; she lay on the floor for an hour before anyone came.",
+     "safeguarding", True),
+    ("My aunt has Alzheimer's and a collector signed her up to a direct debit on the doorstep.", "safeguarding", True),
+    # legal, in the words people use rather than "solicitor"
+    ("If the deposit is not returned I will pursue this through the courts.", "legal", True),
+    ("I've signed up with a no win no fee firm about my fall on your steps.", "legal", True),
+    ("I am reserving my position regarding a claim under the Equality Act.", "legal", True),
+    ("My solicitor friend said it was not worth the bother, so please close it.", "legal", False),
+    ("Thanks to your adviser I won my employment tribunal last week.", "legal", False),
+    # abusive: threats and insults aimed at a person, not criticism of the service
+    ("If that man rings my dad again he'll regret it.", "abusive", True),
+    ("Your receptionist is a judgmental cow.", "abusive", True),
+    ("The worker is a snake and a liar.", "abusive", True),
+    ("She should go back to wherever she came from.", "abusive", True),
+    ("Your reply was slow, muddled and frankly insulting. I want a senior manager to look again.", "abusive", False),
+    # anonymous, reported by staff or said plainly
+    ("Phone complaint logged by reception: the caller would not give her name.", "anonymous", True),
+    ("I don't want to say who I am, but the café fridge is never checked.", "anonymous", True),
+])
+def test_flag_wording_families_generalise(classifier, body, flag, expected):
+    msg = parse(make_mail(subject="About the centre", body=body))
+    assert (flag in classifier.classify(msg).flags) is expected

@@ -79,9 +79,13 @@ _SIGNED_AS_ROLE = re.compile(r"^\s*[-–—~]*\s*((a|an|one|just a|from a|signed
                              r"angry|frustrated|unhappy|disappointed|fed[- ]up|local|fellow|ex|former|regular|long[- ]?time|"
                              r"loyal|volunteer)\s+)*" + _ROLE + r"|anon|anonymous|name withheld|a friend)\s*[.!x]*\s*$", re.I)
 _EMPTY_NAME = re.compile(r"^\s*(|-+|n/?a|none|anon|anonymous|not given|\(not given\)|\(not provided\)|not provided|"
-                         r"\(left blank\)|withheld|prefer not to say|rather not say|no)\s*$", re.I)
+                         r"\(left blank\)|withheld|prefer not to say|rather not say|no|not telling|not saying|won'?t say|wont say|"
+                         r"rather not|i'?d rather not|private|confidential|none of your business|nah|nope|unknown|"
+                         r"secret|no name|nameless|x+|\?+|\.+|-)\s*$", re.I)
 
 
+_NAME_ON_ITS_OWN_LINE = re.compile(r"(?im)^[ \t]*(?:your |full )?name[ \t]*(?:\((?:optional|not required)\))?[ \t]*:?[ \t]*\n"
+                                   r"(?:[ \t]*\n)?[ \t]*([^\n]*?)[ \t]*$")
 _NEWSLETTER = re.compile(r"^(precedence: (bulk|list)|list-id)", re.I)
 
 
@@ -96,8 +100,12 @@ def anonymous_signs(msg: ParsedMessage, prep) -> str | None:
     if any(domain.startswith(d) or ("." + d) in ("." + domain) for d in _THROWAWAY_DOMAINS):
         return f"a throwaway address ({domain})"
     for key, value in prep.form_fields.items():
-        if re.fullmatch(r"\s*(your |full )?name\s*", key, re.I) and _EMPTY_NAME.match(value.split("\n")[0]):
+        if re.fullmatch(r"\s*(your |full )?name\s*(\((optional|not required|if you wish|if you like)\))?\s*", key, re.I) and _EMPTY_NAME.match(value.split("\n")[0]):
             return f"the form's {key!r} field is {value.split(chr(10))[0].strip() or 'empty'!r}"
+    # forms that put the field's name on one line and its value on the next ("Name" / "not telling")
+    field = _NAME_ON_ITS_OWN_LINE.search((msg.text or "")[:3000])
+    if field and _EMPTY_NAME.match(field.group(1)):
+        return f"the form's name field is {field.group(1).strip() or 'empty'!r}"
     tail = [ln for ln in f"{prep.new_text}\n{prep.signature}".split("\n") if ln.strip()][-2:]
     for line in tail:
         if _SIGNED_AS_ROLE.match(line):
