@@ -315,6 +315,27 @@ def test_wait_notices_new_mail(harness, transport):
     assert [m.raw for m in got] == [harness.expected(late)]
 
 
+@pytest.mark.parametrize("then_move", [False, True], ids=["then-wait", "then-move-and-wait"])
+def test_wait_notices_mail_that_came_since_the_last_fetch(harness, transport, then_move):
+    """Mail that arrives while the daemon is busy with a round (after its fetch, before it
+    waits again) must end the next wait at once, not sleep through it until the timeout.  On
+    IMAP the server announces it with its answer to the next command (here the move), or as
+    IDLE starts, in the same packet as its "+ idling", which imaplib then holds in its buffer
+    where a poll of the socket does not see it."""
+    harness.deliver(_mails(1, "first")[0])
+    got = transport.fetch(10)
+    late = _mails(1, "between")[0]
+    harness.deliver(late)
+    time.sleep(0.2)
+    if then_move:
+        transport.move([m.uid for m in got], "processed")
+    start = time.monotonic()
+    woke = transport.wait(30)
+    assert woke and time.monotonic() - start < 5
+    handled = {m.uid for m in got}
+    assert [m.raw for m in transport.fetch(10) if m.uid not in handled] == [harness.expected(late)]
+
+
 # -- big and odd messages ------------------------------------------------------------------------
 def _big_mail() -> bytes:
     msg = EmailMessage(policy=SMTP)

@@ -127,6 +127,9 @@ class ImapMailbox:
     def fetch(self, limit: int) -> list[Incoming]:
         def do(box) -> list[Incoming]:
             box.client.noop()  # let the server tell us about new mail
+            # Mail announced so far is in the SEARCH below; an EXISTS from here on (with the
+            # answer to SEARCH, FETCH, MOVE...) is news that ends the next wait at once.
+            box.client.untagged_responses.pop("EXISTS", None)
             typ, data = box.client.uid("SEARCH", None, "UNDELETED")
             if typ != "OK":
                 raise TransportError(f"SEARCH refused: {data!r}")
@@ -240,11 +243,7 @@ class ImapMailbox:
             time.sleep(min(timeout, self.poll_seconds))
             return False
 
-        def do(box) -> bool:
-            responses = box.idle.wait(timeout=min(timeout, 25 * 60))
-            return any(b"EXISTS" in r or b"RECENT" in r for r in responses)
-
-        return self._run("idle", do)
+        return self._run("idle", lambda box: _idle(box, min(timeout, 25 * 60)))
 
     def close(self) -> None:
         box, self._box = self._box, None
@@ -256,3 +255,49 @@ class ImapMailbox:
                     box.client.shutdown()
                 except Exception:  # noqa: BLE001
                     pass
+
+
+def _idle(box, timeout: float) -> bool:
+    """One IDLE (RFC 2177): True as soon as the server reports a change, False after ``timeout``.
+
+    Mail that came while we were not idling (during the last round) must not wait for the next
+    message or the timeout (up to ``poll_seconds``).  The server reports it either with the
+    answer to a command after the last fetch's SEARCH (an untagged EXISTS, which imaplib keeps
+    in ``untagged_responses``), or as soon as IDLE starts, and Dovecot sends that in the same
+    packet as its "+ idling": imaplib then already holds it in its read buffer, where a poll of
+    the socket (imap_tools' ``idle.poll``) cannot see it.  Both count as news.
+    """
+    client = box.client
+    if client.untagged_responses.pop("EXISTS", None):
+        return True
+    tag = client._command("IDLE")  # imaplib's own command writer, as imap_tools' idle.start
+    news = False
+    while client._get_response() is not None:  # None: the continuation "+ idling"
+        if client.tagged_commands.get(tag):  # refused (NO/BAD) instead of a continuation
+            typ, data = client.tagged_commands.pop(tag)
+            raise TransportError(f"IDLE refused: {typ} {data!r}")
+        news = True  # an untagged response before the continuation: something changed
+    try:
+        if news or _buffered(client):
+            return True
+        responses = box.idle.poll(timeout=timeout)
+        return any(b"EXISTS" in r or b"RECENT" in r for r in responses)
+    finally:
+        client.send(b"DONE\r\n")
+        box.consume_until_tagged_response(tag)
+
+
+def _buffered(client) -> bool:
+    """Whether the server has already sent more than imaplib handed out (in imaplib's buffer,
+    or, on TLS, decrypted and waiting in the SSL object): data a socket poll does not see."""
+    sock = client.sock
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    old = sock.gettimeout()
+    sock.settimeout(0)  # peek reads from the socket only when the buffer is empty: never block
+    try:
+        return bool(client.file.peek(1))
+    except (OSError, ValueError):  # nothing there (EAGAIN, SSL want-read)
+        return False
+    finally:
+        sock.settimeout(old)

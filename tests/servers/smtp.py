@@ -57,6 +57,9 @@ class CapturedMessage:
     auth_login: str | None = None
     mail_options: list[str] = field(default_factory=list)
     rcpt_options: list[str] = field(default_factory=list)
+    #: ``time.monotonic()`` of this process when the handler received the end of DATA (before
+    #: answering 250), for latency measurements (bench/latency.py)
+    received_at: float | None = None
 
     @cached_property
     def message(self) -> email.message.EmailMessage:
@@ -90,6 +93,7 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        received_at = time.monotonic()
         refusal = self.capture._take_refusal("data")
         if refusal:
             return refusal
@@ -107,6 +111,7 @@ class _Handler:
             auth_login=login,
             mail_options=list(envelope.mail_options),
             rcpt_options=list(envelope.rcpt_options),
+            received_at=received_at,
         ))
         return "250 2.0.0 OK: queued"
 
