@@ -46,6 +46,7 @@ class Daemon:
         self.mailbox = mailbox or app.open_mailbox()
         self.sender = sender or app.open_sender()
         self.stopping = threading.Event()
+        self.mailbox.stopping = self.stopping  # its wait ends at once when we stop
         self.batch_size = app.config.mailbox.batch_size
         self.heartbeat = Heartbeat(app.db)
         self.breaker = Breaker(limit=BREAKER_LIMIT)

@@ -8,6 +8,8 @@ even smaller contract.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -34,7 +36,8 @@ class Mailbox(Protocol):
     def move(self, uids: list[str], destination: Destination) -> None: ...
 
     def wait(self, timeout: float) -> bool:
-        """Block until new mail may have arrived (True) or the timeout passed (False)."""
+        """Block until new mail may have arrived (True) or the timeout passed (False).  Ends
+        early, returning False, once ``stopping`` (see ``pause``) is set."""
         ...
 
     def close(self) -> None: ...
@@ -52,3 +55,19 @@ class Sender(Protocol):
 
 class PermanentSendError(Exception):
     """The server refused the message for good (5xx): retrying would not help."""
+
+
+def pause(mailbox: object, seconds: float) -> None:
+    """Sleep in a mailbox's ``wait``, but wake at once when the daemon is told to stop: the
+    daemon gives its mailbox its ``stopping`` event, so `systemctl stop` does not wait up to
+    ``poll_seconds`` for the next poll."""
+    stopping = getattr(mailbox, "stopping", None)
+    if stopping is None:
+        time.sleep(seconds)
+    else:
+        stopping.wait(seconds)
+
+
+def stopping_now(mailbox: object) -> bool:
+    stopping = getattr(mailbox, "stopping", None)
+    return stopping is not None and stopping.is_set()

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
-from mailbot.transport.base import Destination, Incoming, PermanentSendError, TransportError
+from mailbot.transport.base import Destination, Incoming, pause, PermanentSendError, stopping_now, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,9 @@ class EwsMailbox:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(self.poll_seconds, left))
+            pause(self, min(self.poll_seconds, left))
+            if stopping_now(self):
+                return False
 
     def close(self) -> None:
         account, self._account = self._account, None

@@ -52,7 +52,7 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy import Column, Text, delete, insert
 from sqlmodel import Field, SQLModel, col, select
 
-from mailbot.transport.base import Destination, Incoming, PermanentSendError, TransportError
+from mailbot.transport.base import Destination, Incoming, pause, PermanentSendError, stopping_now, TransportError
 from mailbot.transport.oauth import TokenProvider
 
 log = logging.getLogger(__name__)
@@ -581,7 +581,9 @@ class GraphMailbox:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(self.poll_seconds, left))
+            pause(self, min(self.poll_seconds, left))
+            if stopping_now(self):
+                return False
 
     def close(self) -> None:
         self._folders, self._folder_path = {}, None

@@ -20,10 +20,11 @@ from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 from imap_tools.errors import MailboxLoginError
 from imap_tools.utils import encode_folder
 
-from mailbot.transport.base import Destination, Incoming, TransportError
+from mailbot.transport.base import Destination, Incoming, pause, TransportError
 
 _UID = re.compile(rb"UID (\d+)")
 FETCH_CHUNK = 200
+IDLE_SLICE = 1.0  # seconds between looks at the daemon's stop flag while idling
 
 
 class ImapMailbox:
@@ -240,10 +241,10 @@ class ImapMailbox:
     def wait(self, timeout: float) -> bool:
         self._run("connect", lambda box: None)
         if "IDLE" not in self.capabilities:
-            time.sleep(min(timeout, self.poll_seconds))
+            pause(self, min(timeout, self.poll_seconds))
             return False
 
-        return self._run("idle", lambda box: _idle(box, min(timeout, 25 * 60)))
+        return self._run("idle", lambda box: _idle(box, min(timeout, 25 * 60), getattr(self, "stopping", None)))
 
     def close(self) -> None:
         box, self._box = self._box, None
@@ -257,7 +258,7 @@ class ImapMailbox:
                     pass
 
 
-def _idle(box, timeout: float) -> bool:
+def _idle(box, timeout: float, stopping=None) -> bool:
     """One IDLE (RFC 2177): True as soon as the server reports a change, False after ``timeout``.
 
     Mail that came while we were not idling (during the last round) must not wait for the next
@@ -280,8 +281,13 @@ def _idle(box, timeout: float) -> bool:
     try:
         if news or _buffered(client):
             return True
-        responses = box.idle.poll(timeout=timeout)
-        return any(b"EXISTS" in r or b"RECENT" in r for r in responses)
+        deadline = time.monotonic() + timeout
+        while True:  # in short slices, so a daemon told to stop is not kept waiting
+            responses = box.idle.poll(timeout=min(IDLE_SLICE, max(0.0, deadline - time.monotonic())))
+            if any(b"EXISTS" in r or b"RECENT" in r for r in responses):
+                return True
+            if (stopping is not None and stopping.is_set()) or time.monotonic() >= deadline:
+                return False
     finally:
         client.send(b"DONE\r\n")
         box.consume_until_tagged_response(tag)

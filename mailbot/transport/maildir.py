@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from mailbot.transport.base import Destination, Incoming, TransportError
+from mailbot.transport.base import Destination, Incoming, pause, stopping_now, TransportError
 
 
 class MaildirMailbox:
@@ -108,7 +108,9 @@ class MaildirMailbox:
             if mtime != self._seen_mtime:
                 self._seen_mtime = mtime
                 return True
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            pause(self, min(1.0, max(0.0, deadline - time.monotonic())))
+            if stopping_now(self):
+                return False
         return False
 
     def close(self) -> None:
