@@ -86,6 +86,12 @@ _EMPTY_NAME = re.compile(r"^\s*(|-+|n/?a|none|anon|anonymous|not given|\(not giv
 
 _NAME_ON_ITS_OWN_LINE = re.compile(r"(?im)^[ \t]*(?:your |full )?name[ \t]*(?:\((?:optional|not required)\))?[ \t]*:?[ \t]*\n"
                                    r"(?:[ \t]*\n)?[ \t]*([^\n]*?)[ \t]*$")
+# review sites and survey tools that name the writer on a line of their own: "by Anonymous, GB",
+# "Respondent: Anonymous", "Posted by: anonymous user"
+_BY_ANONYMOUS = re.compile(r"(?im)^[ \t]*(?:[-–—]\s*)?(?:by|from|posted by|reviewed by|review by|written by|submitted by|"
+                           r"left by|respondent|reviewer|author|submitter|responder)[ \t]*:?[ \t]+(anonymous|anon|"
+                           r"an anonymous (?:user|reviewer|customer|parent|member)|anonymous (?:user|reviewer|customer)|"
+                           r"a google user|name withheld|withheld|not given|unknown)\b[^\n]{0,40}$")
 _NEWSLETTER = re.compile(r"^(precedence: (bulk|list)|list-id)", re.I)
 
 
@@ -102,6 +108,15 @@ def anonymous_signs(msg: ParsedMessage, prep) -> str | None:
     for key, value in prep.form_fields.items():
         if re.fullmatch(r"\s*(your |full )?name\s*(\((optional|not required|if you wish|if you like)\))?\s*", key, re.I) and _EMPTY_NAME.match(value.split("\n")[0]):
             return f"the form's {key!r} field is {value.split(chr(10))[0].strip() or 'empty'!r}"
+    for key, value in prep.form_fields.items():
+        if re.fullmatch(r"\s*(respondent|reviewer|submitted by|posted by|author|submitter|responder)(\s*name)?\s*",
+                        key, re.I) and _EMPTY_NAME.match(value.split("\n")[0]):
+            return f"the {key!r} is {value.split(chr(10))[0].strip() or 'empty'!r}"
+    named = any(re.fullmatch(r"\s*(your |full )?name\s*", k, re.I) and v.strip() and not _EMPTY_NAME.match(v.split("\n")[0])
+                for k, v in prep.form_fields.items())
+    by = None if named else _BY_ANONYMOUS.search((msg.text or "")[:3000])
+    if by and "not verified" not in by.group(0).lower():
+        return f"the notification names the writer {by.group(1)!r}"
     # forms that put the field's name on one line and its value on the next ("Name" / "not telling")
     field = _NAME_ON_ITS_OWN_LINE.search((msg.text or "")[:3000])
     if field and _EMPTY_NAME.match(field.group(1)):
@@ -126,6 +141,7 @@ class Classifier:
         self.review_below = review_below
         self.matcher = RuleMatcher(self.nlp, self.patterns) if self.patterns else None
         self._dispute = self.patterns.context.dispute_pattern() if self.patterns else None
+        self._earlier = self.patterns.context.earlier_patterns() if self.patterns else None
 
     def classify(self, msg: ParsedMessage) -> Classification:
         return self.classify_many([msg])[0]
@@ -172,6 +188,12 @@ class Classifier:
                 scores["appeal"] += context.dispute_appeal_weight
                 reasons.append(f"context appeal +{context.dispute_appeal_weight}: reference {reference} "
                                f"with {cue.group(0)!r} in the new text")
+        if context and context.earlier_appeal_weight and not reference and self._earlier is not None:
+            answer, dispute = self._earlier[0].search(text), self._earlier[1].search(text)
+            if answer and dispute:
+                scores["appeal"] += context.earlier_appeal_weight
+                reasons.append(f"context appeal +{context.earlier_appeal_weight}: an earlier answer "
+                               f"({answer.group(0)!r}) disputed ({dispute.group(0)!r})")
         if scr.channel == "auto_reply":
             label, confidence = "other", 1.0
             reasons.append(f"other: {scr.channel} mail is never a case")
@@ -192,7 +214,7 @@ class Classifier:
             if found and newsletter and flag == "safeguarding" and rule:
                 # a bulletin that mentions safeguarding training or exploitation awareness is not a
                 # concern: in bulk mail only the rules that need a child and a harm close together count
-                near = {t.name for t in rule.together if t.within}
+                near = {t.name for t in rule.together if t.within and t.in_bulk_mail}
                 found = [h for h in found if h.split(":", 1)[0] in near]
             probability = float(doc.cats.get(flag, 0.0))
             if found:

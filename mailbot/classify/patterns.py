@@ -35,6 +35,9 @@ class Together(_Strict):
     # None: anywhere in the message.  A number: a phrase of every group within that many words of
     # a phrase of the first group ("my son" ... "crying" in one or two sentences, not a page apart)
     within: int | None = Field(None, ge=1, le=500)
+    # False: not counted in newsletters and list posts (Precedence: bulk, List-Id), where a broad
+    # lexicon ("children", "grooming") is the topic of a bulletin rather than a concern
+    in_bulk_mail: bool = True
 
 
 class PatternRule(_Strict):
@@ -62,12 +65,26 @@ class ContextRules(_Strict):
     # registration number, because a case that has had an answer is what an appeal is about
     dispute_phrases: list[str] = Field(default_factory=list)
     dispute_appeal_weight: float = Field(0.0, ge=0, le=5)
+    # Without a registration number: the new text names an answer already given ("got a letter
+    # saying it had been addressed", "your chair's decision", "I complained in March") *and* asks
+    # for it to be looked at again or higher up.  Both must be there; each alone is a complaint.
+    earlier_answer_phrases: list[str] = Field(default_factory=list)
+    earlier_dispute_phrases: list[str] = Field(default_factory=list)
+    earlier_appeal_weight: float = Field(0.0, ge=0, le=5)
+
+    @staticmethod
+    def _pattern(phrases: list[str]) -> re.Pattern[str] | None:
+        if not phrases:
+            return None
+        words = sorted((re.escape(p.lower()) for p in phrases), key=len, reverse=True)
+        return re.compile(r"(?<![\w'])(" + "|".join(words) + r")(?![\w'])")
 
     def dispute_pattern(self) -> re.Pattern[str] | None:
-        if not self.dispute_phrases:
-            return None
-        words = sorted((re.escape(p.lower()) for p in self.dispute_phrases), key=len, reverse=True)
-        return re.compile(r"(?<![\w'])(" + "|".join(words) + r")(?![\w'])")
+        return self._pattern(self.dispute_phrases)
+
+    def earlier_patterns(self) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
+        answer, dispute = self._pattern(self.earlier_answer_phrases), self._pattern(self.earlier_dispute_phrases)
+        return (answer, dispute) if answer is not None and dispute is not None else None
 
 
 class PatternRules(_Strict):
