@@ -330,3 +330,61 @@ def test_training_data_does_not_copy_held_out_mail():
 def test_flag_wording_families_generalise(classifier, body, flag, expected):
     msg = parse(make_mail(subject="About the centre", body=body))
     assert (flag in classifier.classify(msg).flags) is expected
+
+
+@pytest.mark.parametrize("body, flag, expected", [
+    # safeguarding by structure: a person who may be at risk near a strong sign of harm, whatever the words
+    ("My grandad came home from your day centre with a cut on his head and nobody could tell us how.",
+     "safeguarding", True),
+    ("Our little girl (4) was found on her own in the car park at pick-up. No one had noticed she'd gone.",
+     "safeguarding", True),
+    ("My mum (79) was sent home at midnight in her nightie and left in a taxi with nobody there to meet her.",
+     "safeguarding", True),
+    ("The man next door wasn't answering, the neighbours got in and he was on the floor, he'd been there all night.",
+     "safeguarding", True),
+    # kind letters use the same words: a death in a hospice, a mum who cried with happiness
+    ("Thank you to the hospice nurses. Dad died peacefully and Mum cried when she read your card.",
+     "safeguarding", False),
+    # legal: a step towards the courts and the intent to take it, in one sentence
+    ("I will be taking advice on bringing proceedings under the Equality Act.", "legal", True),
+    ("My union rep and I are preparing an unfair dismissal claim to the employment tribunal.", "legal", True),
+    ("I was at my solicitor's all week sorting out Mum's will, so I could not chase you sooner.", "legal", False),
+    ("The hall at Willow Court was left filthy after the party and I want to complain.", "legal", False),
+    # abusive: a member of staff watched or threatened, not a service criticised
+    ("I know what time that receptionist finishes and which way she walks home. Think about it.", "abusive", True),
+    ("Your adviser wants a good slap. Tell him to watch himself at the bus stop.", "abusive", True),
+    ("Your service is a joke and the letter was a disgrace. I want a proper answer.", "abusive", False),
+])
+def test_structural_flag_rules(classifier, body, flag, expected):
+    msg = parse(make_mail(subject="About the centre", body=body))
+    assert (flag in classifier.classify(msg).flags) is expected
+
+
+def test_a_bulletin_about_grooming_and_neglect_is_not_a_concern(classifier):
+    body = ("Partner bulletin. New course: spotting neglect and grooming of children and young people, online, 3 May. "
+            "Places are free for member organisations.")
+    msg = parse(make_mail(sender="News <news@network.example.org>", subject="Partner bulletin", body=body,
+                          headers={"List-Id": "<partners.network.example.org>"}))
+    assert "safeguarding" not in classifier.classify(msg).flags
+
+
+@pytest.mark.parametrize("body, expected", [
+    # an answer already given, disputed, with no registration number: an appeal
+    ("I had a letter from your manager saying the matter was dealt with. It hasn't been, and I want someone "
+     "higher up to look at it again.", "appeal"),
+    # an earlier complaint mentioned but no answer disputed: still a complaint
+    ("I want to complain about the state of the toilets at the community centre, they were filthy on Saturday.",
+     "complaint"),
+])
+def test_an_earlier_answer_disputed_is_an_appeal(classifier, body, expected):
+    msg = parse(make_mail(subject="The centre", body=body))
+    assert classifier.classify(msg).label == expected
+
+
+def test_review_site_anonymous_writer_but_not_a_named_form(classifier):
+    review = parse(make_mail(sender="Reviews <noreply@reviews.example.com>", subject="You have a new review",
+                             body="Two stars\n\nby Anonymous, GB\n\nWaited three weeks for a call back that never came."))
+    assert "anonymous" in classifier.classify(review).flags
+    parent = parse(make_mail(sender="Parent <parent.smith@example.com>", subject="Swimming",
+                             body="The pool was freezing again on Tuesday and the session was cut short. Please sort it."))
+    assert "anonymous" not in classifier.classify(parent).flags
