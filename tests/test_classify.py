@@ -388,3 +388,20 @@ def test_review_site_anonymous_writer_but_not_a_named_form(classifier):
     parent = parse(make_mail(sender="Parent <parent.smith@example.com>", subject="Swimming",
                              body="The pool was freezing again on Tuesday and the session was cut short. Please sort it."))
     assert "anonymous" not in classifier.classify(parent).flags
+
+
+def test_social_accounts_made_to_accuse_are_anonymous_but_a_person_called_x_writes_email(classifier):
+    post = parse(make_mail(sender="X <notify@x.com>", subject="You were mentioned in a post by @town_truth_99",
+                           body="@town_truth_99 mentioned you\n\n\"the staff on the desk at the hub are rude to everyone\""))
+    result = classifier.classify(post)
+    assert result.channel == "social_media" and "anonymous" in result.flags
+    mail = parse(make_mail(sender="x <starlight.x2010@gmail.com>", subject="thanks",
+                           body="this is for the lady at the youth club. i wont put my name but thank u for listening."))
+    result = classifier.classify(mail)
+    assert result.channel == "email" and "anonymous" in result.flags
+
+
+def test_a_neighbour_not_seen_for_days_is_a_safeguarding_concern(classifier):
+    msg = parse(make_mail(subject="flat 9", body="The lady in flat 9 hasn't been seen for days, her curtains are shut "
+                                                  "and her neighbours are worried. Your warden hasn't been round."))
+    assert "safeguarding" in classifier.classify(msg).flags

@@ -92,10 +92,14 @@ _BY_ANONYMOUS = re.compile(r"(?im)^[ \t]*(?:[-–—]\s*)?(?:by|from|posted by|r
                            r"left by|respondent|reviewer|author|submitter|responder)[ \t]*:?[ \t]+(anonymous|anon|"
                            r"an anonymous (?:user|reviewer|customer|parent|member)|anonymous (?:user|reviewer|customer)|"
                            r"a google user|name withheld|withheld|not given|unknown)\b[^\n]{0,40}$")
+# social-media accounts made to expose or accuse, not to be known by: "@tees_truth_77",
+# "lhs_truth_2025", "centre_exposed", "anon_parent_22", "insider_leaks"
+_HIDING_HANDLE = re.compile(r"(?<![\w@])@?([a-z0-9._]*?(?:truth|exposed|expose|whistle-?blower|whistleblow|anon|"
+                            r"concerned|throwaway|burner|insider|leaks?|secret)[a-z0-9._]*)\b", re.I)
 _NEWSLETTER = re.compile(r"^(precedence: (bulk|list)|list-id)", re.I)
 
 
-def anonymous_signs(msg: ParsedMessage, prep) -> str | None:
+def anonymous_signs(msg: ParsedMessage, prep, channel: str = "email") -> str | None:
     """Why the writer looks anonymous, or None."""
     name = (msg.from_name or "").strip().strip('"')
     if name and _ANON_NAME.match(name):
@@ -121,6 +125,13 @@ def anonymous_signs(msg: ParsedMessage, prep) -> str | None:
     field = _NAME_ON_ITS_OWN_LINE.search((msg.text or "")[:3000])
     if field and _EMPTY_NAME.match(field.group(1)):
         return f"the form's name field is {field.group(1).strip() or 'empty'!r}"
+    if channel == "social_media":
+        # the account's handle, as the notification names it in the subject or its first lines
+        head = f"{msg.subject}\n" + "\n".join((msg.text or "").split("\n")[:6])
+        for handle in _HIDING_HANDLE.finditer(head):
+            word = handle.group(1)
+            if "_" in word or "." in word or any(ch.isdigit() for ch in word) or word.lower() in ("anon", "anonymous"):
+                return f"the account {word!r} is made to hide a name"
     tail = [ln for ln in f"{prep.new_text}\n{prep.signature}".split("\n") if ln.strip()][-2:]
     for line in tail:
         if _SIGNED_AS_ROLE.match(line):
@@ -228,7 +239,7 @@ class Classifier:
             flags.append("anonymous")
             reasons.append("flag anonymous: the form was sent without an email address")
         if "anonymous" not in flags and label != "other":
-            why = anonymous_signs(msg, prep)
+            why = anonymous_signs(msg, prep, scr.channel)
             if why:
                 flags.append("anonymous")
                 reasons.append(f"flag anonymous: {why}")
