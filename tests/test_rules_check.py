@@ -135,3 +135,12 @@ def test_durations_read_as_written(text, expected):
 def test_durations_that_are_refused(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("preset", sorted(d.name for d in (REPO / "rules" / "presets").iterdir() if d.is_dir()))
+def test_presets_recognise_channels_with_the_shipped_signs(preset):
+    """An admin who copies a preset into rules/ must not lose channel signs added since the
+    preset was written: the signs are recognition, not policy, and are the same everywhere."""
+    shipped = (REPO / "rules" / "channels.toml").read_text()
+    assert (REPO / "rules" / "presets" / preset / "channels.toml").read_text() == shipped, (
+        f"rules/presets/{preset}/channels.toml differs from rules/channels.toml: copy it over")
