@@ -99,3 +99,14 @@ def start_daemon(config: Path) -> subprocess.Popen:
 
 def set_batch_size(config: Path, size: int) -> None:
     config.write_text(config.read_text().replace("poll_seconds = 1", f"poll_seconds = 1\nbatch_size = {size}"))
+
+
+def add_sms_gateway(path: Path, domain: str) -> None:
+    """An admin adds a gateway domain to [sms_gateway] (whatever else the shipped file holds)."""
+    head, _, tail = path.read_text().partition("[sms_gateway]\n")
+    assert tail, f"no [sms_gateway] in {path}"
+    if "sender_domains = [" in tail.split("\n[", 1)[0]:
+        tail = tail.replace("sender_domains = [", f'sender_domains = ["{domain}", ', 1)
+    else:
+        tail = f'sender_domains = ["{domain}"]\n' + tail
+    path.write_text(head + "[sms_gateway]\n" + tail)

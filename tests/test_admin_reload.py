@@ -21,7 +21,7 @@ from sqlmodel import col, select
 from mailbot.app import App
 from mailbot.cases.models import Case, Deadline, Event
 from mailbot.daemon import Daemon
-from tests.mailkit import REPO, make_mail, write_config
+from tests.mailkit import REPO, make_mail, write_config, add_sms_gateway
 
 ADMIN = "admin@example.org"
 
@@ -77,17 +77,6 @@ def _edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{old!r} not in {path}"
     path.write_text(text.replace(old, new))
-
-
-def _add_sms_gateway(path: Path, domain: str) -> None:
-    """An admin adds a gateway domain to [sms_gateway] (whatever else the shipped file holds)."""
-    head, _, tail = path.read_text().partition("[sms_gateway]\n")
-    assert tail, f"no [sms_gateway] in {path}"
-    if "sender_domains = [" in tail.split("\n[", 1)[0]:
-        tail = tail.replace("sender_domains = [", f'sender_domains = ["{domain}", ', 1)
-    else:
-        tail = f'sender_domains = ["{domain}"]\n' + tail
-    path.write_text(head + "[sms_gateway]\n" + tail)
 
 
 def _deadlines(app, complainant: str) -> dict[str, Deadline]:
@@ -148,7 +137,7 @@ def test_a_valid_edit_applies_without_restart(live, dovecot, smtp_server):
     _edit(rules / "workflow.toml", 'respond_within = "28 days"', 'respond_within = "20 working days"')
     _edit(templates / "acknowledgement.txt.j2", "What happens next:",
           "Thank you for taking the time to tell us.\n\nWhat happens next:")
-    _add_sms_gateway(rules / "channels.toml", "textco.example")
+    add_sms_gateway(rules / "channels.toml", "textco.example")
     applied = _wait_for_letter(smtp_server, ADMIN, "changed rules taken up")
     body = _text(applied)
     for name in ("rules/workflow.toml", "rules/channels.toml", "templates/acknowledgement.txt.j2"):

@@ -17,7 +17,7 @@ import shutil
 import pytest
 from sqlalchemy import inspect, text
 
-from tests.mailkit import run_cli
+from tests.mailkit import run_cli, add_sms_gateway
 from tests.policy_story import london, record_outcome_now
 
 COMPLAINT = ("Complaint about the Thursday youth club",
@@ -29,7 +29,7 @@ LEGAL = ("Complaint about cancelled sessions", "I wish to complain about the can
          "action if this is not resolved.")
 APPEAL = ("I am not satisfied with the outcome of my complaint and I would like to appeal. Please "
           "pass it to someone more senior for a review of the outcome.")
-RELAYED_TEXT = ("Message from 07700900123", "I want to complain, the minibus didnt turn up again today "
+RELAYED_TEXT = ("Minibus again", "I want to complain, the minibus didnt turn up again today "
                 "to take my son to the club. Not good enough")
 
 
@@ -136,8 +136,7 @@ def test_replay_lists_exactly_the_messages_a_rule_change_affects(history, tmp_pa
     # a new SMS gateway: only the relayed text message changes, and how
     gateway = _copy_rules(story, tmp_path, "gateway")
     channels = gateway / "channels.toml"
-    channels.write_text(channels.read_text().replace(
-        "[sms_gateway]\n", '[sms_gateway]\nsender_domains = ["textco.example"]\n'))
+    add_sms_gateway(channels, "textco.example")
     report = _replay(story, gateway)
     assert [m["message"] for m in report["messages"]] == [ids["relayed_text"]]
     changes = report["messages"][0]["changes"]

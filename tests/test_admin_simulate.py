@@ -18,7 +18,7 @@ from sqlmodel import col, func, select
 
 from mailbot.cases.models import Case, Deadline, Message
 from mailbot.daemon import Daemon
-from tests.mailkit import make_mail, run_cli
+from tests.mailkit import make_mail, run_cli, add_sms_gateway
 from tests.policy_story import Story, london, record_outcome_now
 from tests.test_admin_replay import APPEAL, COMPLAINT, _database_digest
 
@@ -155,14 +155,13 @@ def test_simulate_with_other_rules_and_in_words(story, tmp_path):
 
 
 def test_classify_explain_honours_the_rules_directory(story, tmp_path):
-    raw = make_mail(sender="Relay <alerts@relay.textco.example>", subject="Message from 07700900123",
+    raw = make_mail(sender="Relay <alerts@relay.textco.example>", subject="Minibus again",
                     body="The minibus was late again and my son waited in the rain. Zorblax.")
     path = tmp_path / "text.eml"
     path.write_bytes(raw)
     other = tmp_path / "other-rules"
     shutil.copytree(story.app.config.rules.path, other)
-    (other / "channels.toml").write_text((other / "channels.toml").read_text().replace(
-        "[sms_gateway]\n", '[sms_gateway]\nsender_domains = ["textco.example"]\n'))
+    add_sms_gateway(other / "channels.toml", "textco.example")
     patterns = other / "classifier" / "patterns.toml"
     text = patterns.read_text()
     assert 'phrases = ["i want to complain",' in text
