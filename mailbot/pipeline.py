@@ -196,11 +196,6 @@ def erased_key(key: str) -> str:
     return "erased:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def known_keys(app: App, messages: list[ParsedMessage]) -> set[str]:
-    """Which of these messages are already recorded (one query for a whole batch)."""
-    return lookup(app, messages).known
-
-
 @dataclass
 class Lookup:
     """What one query per batch found out, so each message need not ask again: which
