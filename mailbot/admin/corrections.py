@@ -42,14 +42,6 @@ class Correction:
     erased: bool = False  # the message's text is gone (retention, erasure): not used
 
 
-def _detail(event: Event) -> dict:
-    try:
-        value = json.loads(event.detail or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def corrections(session: Session) -> list[Correction]:
     """The latest correction of each message, oldest first.
 
@@ -59,7 +51,7 @@ def corrections(session: Session) -> list[Correction]:
     found: dict[int, Correction] = {}
     events = session.exec(select(Event).where(col(Event.action) == "reclassified").order_by(col(Event.id))).all()
     for event in events:
-        detail = _detail(event)
+        detail = event.detail_fields
         label = str(detail.get("to", "")).lower()
         if label not in LABELS or event.case_id is None:
             continue

@@ -91,14 +91,6 @@ def existed_before(session: Session, case: Case, row: Message) -> bool:
     return aware(case.opened_at) < aware(row.at)  # registered by staff (#log): no mail of its own
 
 
-def _detail(event: Event) -> dict:
-    try:
-        value = json.loads(event.detail or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def state_before(session: Session, case: Case, row: Message, rules: Rules) -> CaseState:
     """``case`` as ``row`` found it, rebuilt from the audit trail; copies only.
 
@@ -127,13 +119,13 @@ def state_before(session: Session, case: Case, row: Message, rules: Rules) -> Ca
     copy = detached(case)
     status = None
     for e in past:
-        d = _detail(e)
+        d = e.detail_fields
         if e.action == "case_opened" and d.get("status"):
             status = d["status"]
         elif e.action == "status_changed" and d.get("to"):
             status = d["to"]
     copy.status = status or case.status
-    reclassified = [e for e in future if e.action == "reclassified" and _detail(e).get("from")]
+    reclassified = [e for e in future if e.action == "reclassified" and e.detail_fields.get("from")]
     if reclassified:
         copy.kind = _detail(reclassified[0])["from"]
     flags: list[str] = []
@@ -151,7 +143,7 @@ def state_before(session: Session, case: Case, row: Message, rules: Rules) -> Ca
     progress = detached(session.get(CaseProgress, case.id))
     if progress is not None:
         accepted_later = sum(1 for e in future if e.action == "status_changed"
-                             and _detail(e).get("to") == "appeal_received")
+                             and e.detail_fields.get("to") == "appeal_received")
         outcomes = [e for e in past if e.action == "outcome_recorded"]
         progress.outcome_at = aware(outcomes[-1].at) if outcomes else None
         if accepted_later:
@@ -163,7 +155,7 @@ def state_before(session: Session, case: Case, row: Message, rules: Rules) -> Ca
             progress.owner_role = subs.get(owner, owner)
 
     deadlines = []
-    extended_later = [_detail(e) for e in future if e.action == "deadline_extended"]
+    extended_later = [e.detail_fields for e in future if e.action == "deadline_extended"]
     for row_d in session.exec(select(Deadline).where(col(Deadline.case_id) == case.id).order_by(col(Deadline.id))).all():
         d = detached(row_d)
         if d.started_at is None or d.started_at > arrived:

@@ -9,6 +9,8 @@ the case change that causes them and delivered afterwards.
 
 from __future__ import annotations
 
+import json
+
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -98,6 +100,15 @@ class Event(SQLModel, table=True):
     # digest of actor + detail: the chain covers it, so personal data can later be erased from
     # actor/detail (retention, erasure requests) without breaking the chain
     content_digest: str = ""
+
+    @property
+    def detail_fields(self) -> dict:
+        """``detail`` read as the JSON object most events write; {} for plain text or erased."""
+        try:
+            value = json.loads(self.detail or "{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
 
 class Counter(SQLModel, table=True):

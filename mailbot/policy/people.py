@@ -42,39 +42,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Person(_Strict):
+class _Addressed(_Strict):
+    """A person or a team: ``address`` is one address or a list, checked the same way."""
+
+    address: str | list[str] = Field(default_factory=list)
+
+    @field_validator("address")
+    @classmethod
+    def _addresses_valid(cls, value: str | list[str]) -> str | list[str]:
+        return _check_addresses(value)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [self.address] if isinstance(self.address, str) else list(self.address)
+
+
+class Person(_Addressed):
     """A member of staff (or a volunteer) a compliment may name."""
 
     name: str = Field(min_length=2)
     known_as: list[str] = Field(default_factory=list)
-    address: str | list[str] = Field(default_factory=list)
     team: str = ""
     line_manager: str = ""  # a role key (roles.toml) or another person's name
 
-    @field_validator("address")
-    @classmethod
-    def _addresses_valid(cls, value: str | list[str]) -> str | list[str]:
-        return _check_addresses(value)
 
-    @property
-    def addresses(self) -> list[str]:
-        return [self.address] if isinstance(self.address, str) else list(self.address)
-
-
-class Team(_Strict):
+class Team(_Addressed):
     name: str = Field(min_length=2)
     known_as: list[str] = Field(default_factory=list)
-    address: str | list[str] = Field(default_factory=list)
     manager: str = ""  # a role key (roles.toml) or a person's name
-
-    @field_validator("address")
-    @classmethod
-    def _addresses_valid(cls, value: str | list[str]) -> str | list[str]:
-        return _check_addresses(value)
-
-    @property
-    def addresses(self) -> list[str]:
-        return [self.address] if isinstance(self.address, str) else list(self.address)
 
 
 DEFAULT_SCALE = ["Excellent", "Very Good", "Good", "Average", "Poor"]
