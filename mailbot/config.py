@@ -40,6 +40,9 @@ class MailboxConfig(_Section):
     quarantine_folder: str = "mailbot/quarantine"
     poll_seconds: float = Field(30, gt=0)
     batch_size: int = Field(200, ge=1, le=10000)
+    # A round also stops at this many megabytes of mail, so a backlog of big attachments is taken
+    # a few at a time rather than all at once into memory (a single bigger message still goes).
+    batch_megabytes: int = Field(50, ge=1, le=4096)
     timeout_seconds: float = Field(60, gt=0)
     # Exchange Web Services (used when kind = "ews")
     ews_url: str | None = None

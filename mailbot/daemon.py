@@ -48,6 +48,8 @@ class Daemon:
         self.stopping = threading.Event()
         self.mailbox.stopping = self.stopping  # its wait ends at once when we stop
         self.batch_size = app.config.mailbox.batch_size
+        self.batch_bytes = app.config.mailbox.batch_megabytes * 1024 * 1024
+        self.more_waiting = False
         self.heartbeat = Heartbeat(app.db)
         self.breaker = Breaker(limit=BREAKER_LIMIT)
         self._last_purge = -PURGE_EVERY_SECONDS
@@ -67,10 +69,13 @@ class Daemon:
         return self.breaker.in_a_row
 
     def handle_batch(self, report: RunReport, seen: set[str]) -> int:
-        """One round; returns how many messages were new in it.  Messages are committed
-        ``TRANSACTION_SIZE`` at a time and each group leaves the inbox right after its commit."""
-        batch = self.mailbox.fetch(self.batch_size)
+        """One round; returns how many messages were new in it, and sets ``more_waiting`` when
+        more mail may be waiting right now (a full batch, or one the byte budget cut short).
+        Messages are committed ``TRANSACTION_SIZE`` at a time and each group leaves the inbox
+        right after its commit."""
+        batch = self.mailbox.fetch(self.batch_size, self.batch_bytes)
         fresh = [m for m in batch if m.uid not in seen]
+        self.more_waiting = bool(fresh) and (len(batch) >= self.batch_size or getattr(batch, "more", False))
         prepared, checked = self.prepare(fresh)
         for start in range(0, len(fresh), TRANSACTION_SIZE):
             if self.stopping.is_set():
@@ -191,7 +196,7 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 self.reload_rules(report)
-                while self.handle_batch(report, seen) >= self.batch_size:
+                while self.handle_batch(report, seen) and self.more_waiting:
                     self.reload_rules(report)
                 seen.clear()
                 self.run_follow_ups(report)

@@ -193,7 +193,7 @@ class Doctor:
                 raise StepFailed(str(exc), "check mailbox.path: the directory must exist or be "
                                            "creatable, and be writable by the user running mailbot.")
             try:
-                return f"{len(mb.fetch(100000))} message(s) waiting; processed and quarantine folders ready"
+                return f"{mb.count()} message(s) waiting; processed and quarantine folders ready"
             finally:
                 mb.close()
 

@@ -23,8 +23,8 @@ class MoveFailsOnce:
         self.inner, self.failed = inner, False
         self.description = inner.description
 
-    def fetch(self, limit):
-        return self.inner.fetch(limit)
+    def fetch(self, limit, max_bytes=None):
+        return self.inner.fetch(limit, max_bytes)
 
     def move(self, uids, destination):
         if not self.failed and uids:

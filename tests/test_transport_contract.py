@@ -224,6 +224,31 @@ def test_fetch_respects_limit_and_leaves_the_rest(harness, transport):
     assert harness.messages() == [harness.expected(r) for r in mails]
 
 
+def _with_attachment(i: int, size: int) -> bytes:
+    msg = EmailMessage(policy=SMTP)
+    msg["From"], msg["To"], msg["Subject"] = f"P{i} <p{i}@example.com>", "complaints@example.org", f"Photos {i}"
+    msg["Message-ID"] = f"<photos-{i}@example.com>"
+    msg.set_content("Photos of the broken gate attached.")
+    msg.add_attachment(os.urandom(size), maintype="image", subtype="jpeg", filename=f"gate{i}.jpg")
+    return msg.as_bytes()
+
+
+def test_fetch_keeps_to_a_byte_budget_but_always_takes_one(harness, transport):
+    mails = [_with_attachment(i, 250_000) for i in range(3)]
+    for raw in mails:
+        harness.deliver(raw)
+    expected = [harness.expected(raw) for raw in mails]
+    size = max(len(raw) for raw in expected)
+    got = transport.fetch(10, max_bytes=2 * size + size // 2)
+    assert [m.raw for m in got] == expected[:2]
+    assert got.more  # the budget, not the inbox, ended it
+    alone = transport.fetch(10, max_bytes=size // 10)  # bigger than the budget: still taken, alone
+    assert [m.raw for m in alone] == expected[:1] and alone.more
+    everything = transport.fetch(10, max_bytes=10 * size)
+    assert [m.raw for m in everything] == expected and not getattr(everything, "more", False)
+    assert harness.messages() == expected  # fetching under a budget removes nothing
+
+
 def test_empty_inbox_gives_nothing(harness, transport):
     assert transport.fetch(10) == []
 

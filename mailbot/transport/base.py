@@ -28,10 +28,38 @@ class Incoming:
     raw: bytes
 
 
+class Batch(list):
+    """The messages one ``fetch`` returned, oldest first.  ``more`` is True when the byte
+    budget, not the inbox, ended the batch: the daemon then fetches again at once."""
+
+    def __init__(self, items=(), more: bool = False):
+        super().__init__(items)
+        self.more = more
+
+
+def within_budget(sizes: list[int], max_bytes: int | None) -> int:
+    """How many of the first messages (``sizes`` in order) fit in ``max_bytes`` together;
+    always at least one, so a single message bigger than the budget is still handled (alone)
+    and never blocks the inbox."""
+    if max_bytes is None:
+        return len(sizes)
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > max_bytes and count > 0:
+            return count
+    return len(sizes)
+
+
 class Mailbox(Protocol):
     description: str
 
-    def fetch(self, limit: int) -> list[Incoming]: ...
+    def fetch(self, limit: int, max_bytes: int | None = None) -> list[Incoming]:
+        """Up to ``limit`` waiting messages, oldest first, together at most ``max_bytes`` but
+        always at least one (IMAP and maildir know the sizes before fetching; Exchange and Graph
+        find out as the messages come and drop the one that overflows): a backlog of big attachments is taken a few at a time instead of
+        all at once into memory.  May return a ``Batch`` whose ``more`` says the budget cut it."""
+        ...
 
     def move(self, uids: list[str], destination: Destination) -> None: ...
 

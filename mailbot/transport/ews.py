@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
-from mailbot.transport.base import Destination, Incoming, pause, PermanentSendError, stopping_now, TransportError
+from mailbot.transport.base import (Batch, Destination, Incoming, pause, PermanentSendError, stopping_now,
+                                    TransportError)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class EwsMailbox:
         self._folders = {}
 
     # -- contract ---------------------------------------------------------------------------
-    def fetch(self, limit: int) -> list[Incoming]:
+    def fetch(self, limit: int, max_bytes: int | None = None) -> list[Incoming]:
         def do() -> list[Incoming]:
             # folders first: a mailbox whose folders cannot be created fails before anything
             for destination in self._wanted:
@@ -235,7 +236,7 @@ class EwsMailbox:
             query = self.inbox().all().order_by("datetime_received").only("mime_content")
             query.page_size = max(1, min(limit, 1000))
             query.chunk_size = GET_CHUNK
-            out: list[Incoming] = []
+            out, total = Batch(), 0
             for item in query[:limit]:
                 if isinstance(item, Exception):
                     raise item
@@ -244,8 +245,12 @@ class EwsMailbox:
                                 self.description, item.id)
                     continue
                 raw = item.mime_content
-                out.append(Incoming(self._prefix + item.id,
-                                    raw if isinstance(raw, bytes) else raw.encode("utf-8")))
+                raw = raw if isinstance(raw, bytes) else raw.encode("utf-8")
+                if out and max_bytes is not None and total + len(raw) > max_bytes:
+                    out.more = True  # items come GET_CHUNK at a time: stop asking for more
+                    break
+                total += len(raw)
+                out.append(Incoming(self._prefix + item.id, raw))
             self._known = {m.uid for m in out}
             return out
 

@@ -52,7 +52,8 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy import Column, Text, delete, insert
 from sqlmodel import Field, SQLModel, col, select
 
-from mailbot.transport.base import Destination, Incoming, pause, PermanentSendError, stopping_now, TransportError
+from mailbot.transport.base import (Batch, Destination, Incoming, pause, PermanentSendError, stopping_now,
+                                    TransportError)
 from mailbot.transport.oauth import TokenProvider
 
 log = logging.getLogger(__name__)
@@ -461,14 +462,14 @@ class GraphMailbox:
         return index
 
     # -- contract ---------------------------------------------------------------------------------
-    def fetch(self, limit: int) -> list[Incoming]:
+    def fetch(self, limit: int, max_bytes: int | None = None) -> list[Incoming]:
         def do() -> list[Incoming]:
             # folders first: a mailbox whose folders cannot be made fails before anything
             for destination in self._wanted:
                 self.target(destination)
             index = self.sync()
             oldest = sorted(index.items(), key=lambda kv: (kv[1], kv[0]))[:limit]
-            out: list[Incoming] = []
+            out, total = Batch(), 0
             for item_id, _received in oldest:
                 try:
                     response = self.client.request("GET", f"messages/{quote(item_id, safe='')}/$value")
@@ -480,6 +481,10 @@ class GraphMailbox:
                         log.info("%s: %s not found; skipped this round", self.description, item_id)
                         continue
                     raise
+                if out and max_bytes is not None and total + len(response.content) > max_bytes:
+                    out.more = True  # it and the rest wait for the next fetch, not in memory
+                    break
+                total += len(response.content)
                 out.append(Incoming(self._prefix + item_id, response.content))
             self._known = {m.uid for m in out}
             return out

@@ -20,9 +20,10 @@ from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 from imap_tools.errors import MailboxLoginError
 from imap_tools.utils import encode_folder
 
-from mailbot.transport.base import Destination, Incoming, pause, TransportError
+from mailbot.transport.base import Batch, Destination, Incoming, pause, TransportError, within_budget
 
 _UID = re.compile(rb"UID (\d+)")
+_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 FETCH_CHUNK = 200
 IDLE_SLICE = 1.0  # seconds between looks at the daemon's stop flag while idling
 
@@ -125,7 +126,7 @@ class ImapMailbox:
             raise TransportError(f"{self.description}: {what} failed: {exc}") from exc
 
     # -- contract ---------------------------------------------------------------------------
-    def fetch(self, limit: int) -> list[Incoming]:
+    def fetch(self, limit: int, max_bytes: int | None = None) -> list[Incoming]:
         def do(box) -> list[Incoming]:
             box.client.noop()  # let the server tell us about new mail
             # Mail announced so far is in the SEARCH below; an EXISTS from here on (with the
@@ -135,7 +136,12 @@ class ImapMailbox:
             if typ != "OK":
                 raise TransportError(f"SEARCH refused: {data!r}")
             uids = data[0].split()[:limit] if data and data[0] else []
-            out: list[Incoming] = []
+            more = False
+            if max_bytes is not None and uids:
+                sizes = self._sizes(box, uids)
+                keep = within_budget([sizes.get(uid, 0) for uid in uids], max_bytes)
+                uids, more = uids[:keep], keep < len(uids)
+            out = Batch(more=more)
             for start in range(0, len(uids), FETCH_CHUNK):
                 chunk = b",".join(uids[start:start + FETCH_CHUNK]).decode()
                 typ, data = box.client.uid("FETCH", chunk, "(UID BODY.PEEK[])")
@@ -151,6 +157,22 @@ class ImapMailbox:
             return out
 
         return self._run("fetch", do)
+
+    @staticmethod
+    def _sizes(box, uids: list[bytes]) -> dict[bytes, int]:
+        """Each message's size in bytes, asked before the bodies are fetched."""
+        sizes: dict[bytes, int] = {}
+        for start in range(0, len(uids), FETCH_CHUNK * 5):
+            typ, data = box.client.uid("FETCH", b",".join(uids[start:start + FETCH_CHUNK * 5]).decode(),
+                                       "(UID RFC822.SIZE)")
+            if typ != "OK":
+                raise TransportError(f"FETCH RFC822.SIZE refused: {data!r}")
+            for item in data:
+                line = item[0] if isinstance(item, tuple) else item
+                uid, size = _UID.search(line or b""), _SIZE.search(line or b"")
+                if uid and size:
+                    sizes[uid.group(1)] = int(size.group(1))
+        return sizes
 
     def count(self) -> int:
         """Messages waiting in the inbox (for `mailbot status`)."""

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from mailbot.transport.base import Destination, Incoming, pause, stopping_now, TransportError
+from mailbot.transport.base import Batch, Destination, Incoming, pause, stopping_now, TransportError
 
 
 class MaildirMailbox:
@@ -37,16 +37,21 @@ class MaildirMailbox:
         except mailbox.NoSuchMailboxError:
             return self._inbox.add_folder(maildir_name)
 
-    def fetch(self, limit: int) -> list[Incoming]:
+    def fetch(self, limit: int, max_bytes: int | None = None) -> list[Incoming]:
         self._inbox._refresh()  # pick up mail delivered since the last look
-        out = []
+        out, total = Batch(), 0
         for key in sorted(self._inbox.iterkeys()):
             if len(out) >= limit:
                 break
             try:
+                size = os.path.getsize(os.path.join(self._inbox._path, self._inbox._lookup(key)))
+                if out and max_bytes is not None and total + size > max_bytes:
+                    out.more = True
+                    break
                 raw = self._inbox.get_bytes(key)
             except (KeyError, FileNotFoundError):
                 continue  # moved by someone else meanwhile
+            total += len(raw)
             out.append(Incoming(uid=f"maildir:{key}", raw=raw))
         return out
 
