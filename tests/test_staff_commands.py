@@ -4,6 +4,7 @@ commands, threading of complainants' follow-ups, and confidentiality towards thi
 
 from __future__ import annotations
 
+import email
 import json
 
 import pytest
@@ -380,3 +381,27 @@ def test_note_in_the_subject(story):
     ref, _ = _complaint(story)
     _staff(story, ref, "", subject=f"RE: [{ref}] New complaint #note rang her back, no answer")
     assert [n["text"] for n in _events(story, ref, "note")] == ["rang her back, no answer"]
+
+
+@pytest.mark.parametrize("threaded", [True, False], ids=["thread-headers", "subject-only"])
+def test_a_command_inherited_in_a_reply_all_subject_is_not_carried_out_again(story, threaded):
+    """Jane answers the complainant with "#reply" in the subject, copying her manager; the
+    manager answers her with Reply All, and Outlook keeps "RE: [ref] #reply". That is a remark
+    to a colleague, not a second letter: nothing goes to the complainant, the manager is told
+    why, and the words are kept as an internal note on the case."""
+    ref, _ = _complaint(story)
+    first = outlook(sender=JANE, subject=f"[{ref}] #reply",
+                    body="Thank you for your patience. I will write again by Friday.",
+                    auth=verified("jane@example.org"), headers={"Cc": LM})
+    sent = deliver(story, first)
+    assert "write again by Friday" in to(sent, "parent@example.com").text
+    jane_id = email.message_from_bytes(first)["Message-ID"]
+    sent = _staff(story, ref, "Looks good to me, thanks Jane.", subject=f"RE: [{ref}] #reply",
+                  in_reply_to=jane_id if threaded else None, quoted=quote(f"[{ref}] #reply", "Thank you for your patience.", "Jane"))
+    assert not [m for m in sent if "parent@example.com" in m.to], "the manager's remark went to the complainant"
+    answer = to(sent, "line.manager@example.org")
+    assert "#reply" in answer.text and "replied to" in answer.text
+    assert [n["text"] for n in _events(story, ref, "note")] == ["Looks good to me, thanks Jane."]
+    # written afresh in the subject of a new message, the same command is carried out
+    sent = _staff(story, ref, "The club leader has apologised.", subject=f"RE: [{ref}] New complaint #reply")
+    assert "apologised" in to(sent, "parent@example.com").text

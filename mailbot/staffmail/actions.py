@@ -230,6 +230,13 @@ def _warn_non_staff(app: "App", session: Session, msg: ParsedMessage, row: Messa
 def _obey(job: _Job) -> StaffResult:
     parsed, case, msg = job.parsed, job.case, job.msg
     job.view = CommandView(author=_author(job), author_address=job.actor)
+    if any(c.where == "subject" for c in parsed.commands):
+        cmd.drop_inherited(parsed, _subjects_answered(job), job.app.rules.reference.pattern())
+    for command in parsed.inherited:
+        job.results.append(ResultView(
+            f"{command.raw} (in the subject)", False,
+            f"came with the subject of the message you replied to, so it was not carried out again; "
+            f"to do it, write #{command.name} afresh on the first line of your text", command.name))
     if not parsed.mentions_commands:
         return _note_without_commands(job)
     checked, failed = _check_all(job)
@@ -266,6 +273,23 @@ def _obey(job: _Job) -> StaffResult:
     _answer(job)
     reference = job.case.reference if job.case else None
     return StaffResult("staff_command", reference, job.row.reason)
+
+
+def _subjects_answered(job: _Job) -> list[str]:
+    """The subjects of the mail this message answers: the messages its In-Reply-To/References
+    name, or else (a client that drops those headers) earlier mail with the same subject."""
+    msg = job.msg
+    if msg.thread_ids:
+        rows = job.session.exec(select(Message.subject).where(
+            col(Message.message_id).in_(msg.thread_ids[-50:]))).all()
+        if rows:
+            return list(rows)
+    if not cmd.is_reply_subject(msg.subject) or job.case is None:
+        return []
+    rows = job.session.exec(select(Message.subject).where(
+        col(Message.direction) == "in", col(Message.id) != job.row.id,
+        col(Message.subject).contains(job.case.reference)).order_by(col(Message.id).desc()).limit(200)).all()
+    return [subject for subject in rows if cmd.same_subject(subject, msg.subject)]
 
 
 def _note_without_commands(job: _Job) -> StaffResult:

@@ -91,6 +91,7 @@ class Parsed:
     quoted: str = ""  # the history under it (for #log of a forwarded mail)
     unknown: list[str] = field(default_factory=list)  # "#outcom (did you mean #outcome?)"
     problems: list[str] = field(default_factory=list)  # e.g. two different #assign
+    inherited: list[Command] = field(default_factory=list)  # see ``drop_inherited``
 
     @property
     def mentions_commands(self) -> bool:
@@ -188,6 +189,44 @@ def parse(subject: str, text: str, tag: re.Pattern[str] | None = None) -> Parsed
                                + " can be used in one message (each would send the same text): "
                                  "send them separately")
     return parsed
+
+
+_REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|vs|ref|fw|fwd|wg|tr|rv)\s*(\[\d+\])?\s*:\s*|\[?external\]?\s*:?\s*)+",
+                           re.I)
+
+
+def is_reply_subject(subject: str) -> bool:
+    return bool(_REPLY_PREFIX.match(subject or ""))
+
+
+def same_subject(a: str, b: str) -> bool:
+    """The same subject once reply and forward prefixes are taken off ("RE: AW: x" is "x")."""
+    def bare(text: str) -> str:
+        return " ".join(_REPLY_PREFIX.sub("", _INVISIBLE.sub("", text or "")).split()).lower()
+    return bare(a) == bare(b)
+
+
+def drop_inherited(parsed: Parsed, earlier_subjects: list[str], tag: re.Pattern[str] | None) -> None:
+    """Take out the subject commands that came with the subject of the message being answered.
+
+    Outlook keeps the subject on Reply All: a manager who answers a colleague's
+    "[CMP-2026-00042] #reply" gets "RE: [CMP-2026-00042] #reply", and their "looks good, thanks"
+    must not become a second letter to the complainant.  A command counts in a reply's subject
+    only when the member of staff added it; a command in the body is always their own (the
+    quoted history is cut off before commands are read)."""
+    def key(command: Command) -> tuple[str, str]:
+        return command.name, " ".join(command.argument.lower().split())
+
+    before = {key(c) for subject in earlier_subjects for c in subject_commands(subject, tag)[0]}
+    if not before:
+        return
+    kept = []
+    for command in parsed.commands:
+        if command.where == "subject" and key(command) in before:
+            parsed.inherited.append(command)
+        else:
+            kept.append(command)
+    parsed.commands = kept
 
 
 _ANY_COMMAND = re.compile(r"(?<![\w#])#(" + "|".join(SPECS) + r")(?![\w@.-])", re.I)
