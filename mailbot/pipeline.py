@@ -288,9 +288,13 @@ def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage,
     existing = find_case(session, app.rules, msg, cls.reference)
     now = _received_at(msg)
     progress = session.get(CaseProgress, existing.id) if existing is not None else None
-    route = decide(msg, cls, existing, app.rules, progress=progress,
-                   deadlines=deadlines_of(session, existing) if existing is not None else (),
-                   now=now)
+    deadlines = deadlines_of(session, existing) if existing is not None else ()
+    route = decide(msg, cls, existing, app.rules, progress=progress, deadlines=deadlines, now=now)
+    limited = reply_limit_reached(session, app, msg.reply_address, now) if route.letter else None
+    suppressed = _letter_suppressed(session, existing, row, route.letter, limited) if limited else None
+    if limited:
+        route = decide(msg, cls, existing, app.rules, progress=progress, deadlines=deadlines, now=now,
+                       held_back=limited)
     row.reason = "; ".join(route.reasons)[:2000]
     if route.action == "record":
         row.outcome = "recorded"
@@ -314,6 +318,8 @@ def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage,
         if cls.flags:  # a legal threat or a safeguarding sign later on stays on the case
             case.flags = ",".join(dict.fromkeys(case.flag_list + cls.flags))
     row.case_id, row.outcome = case.id, action
+    if suppressed is not None:
+        suppressed.case_id = case.id  # the case the held-back letter was for, opened just now
     session.add(Event(case_id=case.id, message_id=row.id, actor="system", action="classified",
                       detail=cls.to_json()))
     feedback.before_act(app, session, msg, cls, case, route, row)  # survey answers
@@ -413,6 +419,15 @@ def _letters_in_last_hour(session: Session, recent, now) -> int:
     return base[1] + session.info.get(QUEUED_KEY, 0)
 
 
+def _letter_suppressed(session: Session, case: Case | None, row: Message, letter: str, why: str) -> Event:
+    event = Event(case_id=case.id if case is not None else None, message_id=row.id,
+                  actor="system", action="reply_suppressed",
+                  detail=json.dumps({"letter": letter, "reason": why}))
+    session.add(event)
+    log.warning("not sending %s for %s: %s", letter, incoming_ref(case), why)
+    return event
+
+
 def incoming_ref(case: Case | None) -> str:
     return case.reference if case is not None else "a non-case message"
 
@@ -424,11 +439,8 @@ def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, ca
     mail_from = app.config.outgoing.from_address
     progress, deadlines = _apply(app, session, case, route, row, now) if case is not None else (None, [])
     limited = reply_limit_reached(session, app, msg.reply_address, now) if route.letter else None
-    if limited:
-        session.add(Event(case_id=case.id if case is not None else None, message_id=row.id,
-                          actor="system", action="reply_suppressed",
-                          detail=json.dumps({"letter": route.letter, "reason": limited})))
-        log.warning("not sending %s for %s: %s", route.letter, incoming_ref(case), limited)
+    if limited:  # a caller that did not check before deciding (see _handle)
+        _letter_suppressed(session, case, row, route.letter, limited)
         route.letter = None
     context = letter_context(app, case, msg, cls, acknowledged=route.letter is not None,
                              route=route, progress=progress, deadlines=deadlines, received=now)

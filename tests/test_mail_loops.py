@@ -66,3 +66,41 @@ def test_autoresponder_duel_is_bounded(tmp_path, dovecot, smtp_server, sqlite_ur
     assert len(suppressed) >= 1 and "possible mail loop" in suppressed[0].detail
     assert dovecot.uids("INBOX") == []  # every message still recorded and moved
     app.close()
+
+
+def test_a_complaint_whose_acknowledgement_is_held_back_stays_due(tmp_path, smtp_server, sqlite_url):
+    """In a flood the hourly limit holds letters back. A genuine complaint that arrives then
+    gets no acknowledgement, so its case must not say it was acknowledged: it stays
+    "received", its acknowledgement deadline stays open for staff, and they are told why."""
+    from mailbot.cases.models import Case, Deadline
+    from mailbot.transport.maildir import MaildirMailbox
+
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("presets", "training"))
+    policy = rules / "policy.toml"
+    policy.write_text(policy.read_text().replace("replies_per_hour = 500", "replies_per_hour = 2"))
+    app = App.load(write_config(tmp_path, db_url=sqlite_url, smtp=smtp_server, staff=["team@example.org"],
+                                rules=rules))
+    inbox = MaildirMailbox(tmp_path / "inbox", "processed", "quarantine")
+    for i in range(3):
+        inbox._inbox.add(make_mail(sender=f"Parent {i} <parent{i}@example.com>",
+                                   subject=f"Complaint about the youth club ({i})",
+                                   body="I want to make a formal complaint: the youth club was cancelled "
+                                        "again without notice. This is not good enough."))
+    inbox.close()
+    daemon = Daemon(app)
+    daemon.run_once()
+    daemon.close()
+    acknowledged = [m for m in smtp_server.messages if any("parent" in r for r in m.rcpt_tos)]
+    assert len(acknowledged) == 2  # the limit
+    with app.db.session() as s:
+        cases = s.exec(select(Case).order_by(Case.id)).all()
+        assert [c.status for c in cases] == ["acknowledged", "acknowledged", "received"]
+        held = cases[2]
+        ack = s.exec(select(Deadline).where(Deadline.case_id == held.id, Deadline.name == "acknowledge")).one()
+        assert ack.met_at is None  # still due: staff see it among the acknowledgements to send
+        assert s.exec(select(Event).where(Event.case_id == held.id, Event.action == "reply_suppressed")).all()
+    to_staff = [m for m in smtp_server.messages if "team@example.org" in m.rcpt_tos
+                and held.reference in str(m.message["Subject"])]
+    assert to_staff and "possible flood" in to_staff[0].message.get_body(("plain",)).get_content()
+    app.close()

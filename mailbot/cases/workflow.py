@@ -311,11 +311,18 @@ def _complaint_deadlines(rules: Rules, acknowledged: bool, told_owner: bool) -> 
 
 def decide(msg: ParsedMessage, cls: Classification, existing: Case | None,
            rules: Rules | None = None, *, progress: CaseProgress | None = None,
-           deadlines: Iterable[Deadline] = (), now: datetime | None = None) -> Route:
+           deadlines: Iterable[Deadline] = (), now: datetime | None = None,
+           held_back: str | None = None) -> Route:
+    """What to do with ``msg``.  ``held_back``: why no letter may go to the sender now (the
+    reply limits); the decision is then the one for a sender we cannot answer, so the case is
+    not marked acknowledged and its acknowledgement stays due for staff to see to."""
     rules = rules or Rules()
     now = now or utcnow()
     answerable, why_not = can_answer(msg, cls)
     reasons = [why_not] if why_not else []
+    if held_back and answerable:
+        answerable = False
+        reasons.append(f"no letter to the sender: {held_back}")
     silent = "abusive" in cls.flags and rules.abusive.handling == "no_response"
     if silent:
         reasons.append("abusive: the policy gives no response")
