@@ -407,3 +407,38 @@ def test_a_neighbour_not_seen_for_days_is_a_safeguarding_concern(classifier):
     msg = parse(make_mail(subject="flat 9", body="The lady in flat 9 hasn't been seen for days, her curtains are shut "
                                                   "and her neighbours are worried. Your warden hasn't been round."))
     assert "safeguarding" in classifier.classify(msg).flags
+
+
+@pytest.mark.parametrize("body, expected", [
+    # by category, mentioned in passing inside a letter about something else
+    ("The car park is always full by 9 so I end up late. Also my wife has started locking me out of the house when "
+     "I'm late back and I've slept in the shed twice this month. I'm 74.", True),
+    ("can u send the form again, my stepdad ripped the last one up. he says if i go to counselling ill be out on my "
+     "ear. im 16", True),
+    ("The 7pm bus from the youth club has been cut. My daughter waits at the stop in the dark and last week a car "
+     "kept circling and a man asked if she wanted to earn some money.", True),
+    ("Re the hardship grant - please pay it into my sister's account. My partner has access to mine and took my "
+     "last payment, I had to borrow for the baby's milk.", True),
+    ("Your tenancy worker hasn't visited for a month. Mum's new lodger has moved his friends in and she's living in "
+     "her bedroom, frightened to come out.", True),
+    ("Lovely staff at the craft club. I should mention my dad's new carer takes him to the bookies with his pension "
+     "and he comes home with nothing.", True),
+    ("My dad can't use the stairs and the lift at the hall is broken again. Please fix it.", False),
+    ("Someone keeps parking in the disabled bay at the centre. My husband is a blue badge holder.", False),
+])
+def test_safeguarding_categories_in_passing(classifier, body, expected):
+    msg = parse(make_mail(subject="About the centre", body=body))
+    assert ("safeguarding" in classifier.classify(msg).flags) is expected
+
+
+def test_flags_only_examples_are_checked_and_fingerprinted(tmp_path):
+    line = {"subject": "", "body": "He checks my phone.", "label": "complaint", "flags": ["safeguarding"]}
+    (tmp_path / "a.jsonl").write_text(json.dumps({**line, "flags_only": True}) + "\n")
+    flagged = model_mod.load_training(tmp_path)
+    assert flagged[0].flags_only
+    (tmp_path / "a.jsonl").write_text(json.dumps(line) + "\n")
+    plain = model_mod.load_training(tmp_path)
+    assert model_mod.training_fingerprint(flagged) != model_mod.training_fingerprint(plain)
+    (tmp_path / "a.jsonl").write_text(json.dumps({**line, "flags_only": "yes"}) + "\n")
+    with pytest.raises(model_mod.TrainingDataError, match="flags_only"):
+        model_mod.load_training(tmp_path)

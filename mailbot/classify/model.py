@@ -49,12 +49,18 @@ class TrainingExample:
     label: str
     flags: list[str]
     source: str
+    # ``"flags_only": true`` in the file: the example teaches the flag model and not the label model.
+    # For the many plain complaints written to show how a risk is mentioned in passing: shown to the
+    # label model too, they would pull every letter that shares their words (a husband, a home, a
+    # hospital) towards "complaint", which it already is when in doubt.
+    flags_only: bool = False
 
 
 class TrainingDataError(Exception):
     pass
 
 
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
 MODEL_TEXT_CHARS = 4000  # the gist of a letter is in its first pages; the rest only costs time
 
 
@@ -64,6 +70,9 @@ def normalise(text: str) -> str:
     # token that breaks phrases ("small\n  claims") and n-grams, so text wrapped at 72 columns and
     # the same words from an HTML mail read alike.
     text = _WHITESPACE.sub(" ", text[:MODEL_TEXT_CHARS * 2])[:MODEL_TEXT_CHARS]
+    # Phones and word processors curl apostrophes and quotes ("he’ll", “a friend”): read them as
+    # the plain signs the phrase rules and the training data are written with
+    text = text.translate(_QUOTES)
     text = _GENERIC_REFERENCE.sub(" REFNUM ", text)
     return _SHORT_REFERENCE.sub(r"\1 REFNUM ", text)
 
@@ -95,7 +104,12 @@ def load_training(directory: Path, extra: Iterable[Path] = ()) -> list[TrainingE
             if not isinstance(text, str) or not text.strip():
                 problems.append(f"{where}: the example has no body text")
                 continue
-            examples.append(TrainingExample(item.get("subject", "") or "", text, label, list(flags), where))
+            flags_only = item.get("flags_only", False)
+            if not isinstance(flags_only, bool):
+                problems.append(f"{where}: flags_only must be true or false")
+                continue
+            examples.append(TrainingExample(item.get("subject", "") or "", text, label, list(flags), where,
+                                            flags_only))
     if problems:
         raise TrainingDataError("\n".join(problems))
     if not examples:
@@ -106,7 +120,8 @@ def load_training(directory: Path, extra: Iterable[Path] = ()) -> list[TrainingE
 def training_fingerprint(examples: list[TrainingExample]) -> str:
     digest = hashlib.sha256()
     for ex in examples:
-        digest.update(json.dumps([ex.subject, ex.body, ex.label, sorted(ex.flags)]).encode())
+        digest.update(json.dumps([ex.subject, ex.body, ex.label, sorted(ex.flags)]
+                                 + (["flags_only"] if ex.flags_only else [])).encode())
     return digest.hexdigest()
 
 
@@ -148,7 +163,7 @@ def train(examples: list[TrainingExample], epochs: int = 25, seed: int = 7,
     # Flags are rare (a few percent each), so flagged examples are shown to the flag model
     # several times per epoch: a missed safeguarding concern costs far more than a false alarm.
     flag_order = [i for i, ex in enumerate(examples) for _ in range(FLAG_OVERSAMPLE if ex.flags else 1)]
-    order = list(range(len(examples)))
+    order = [i for i, ex in enumerate(examples) if not ex.flags_only]
     for epoch in range(1, epochs + 1):
         random.shuffle(order)
         random.shuffle(flag_order)

@@ -223,13 +223,15 @@ class RuleMatcher:
 
     @staticmethod
     def _near(found: dict[int, list[tuple[int, int]]], within: int) -> dict[int, tuple[int, int]] | None:
-        """A span of the first group with a span of every other group at most ``within`` tokens away."""
+        """A span of the first group with a span of every other group at most ``within`` tokens away
+        and not the same words: "older lads" does not count as a young person ("lads") as well."""
         for anchor in found[0]:
             chosen = {0: anchor}
             for g, spans in found.items():
                 if g == 0:
                     continue
-                near = next((s for s in spans if s[0] - anchor[1] <= within and anchor[0] - s[1] <= within), None)
+                near = next((s for s in spans if s[0] - anchor[1] <= within and anchor[0] - s[1] <= within
+                             and all(s[1] <= c[0] or c[1] <= s[0] for c in chosen.values())), None)
                 if near is None:
                     break
                 chosen[g] = near
