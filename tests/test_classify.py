@@ -442,3 +442,79 @@ def test_flags_only_examples_are_checked_and_fingerprinted(tmp_path):
     (tmp_path / "a.jsonl").write_text(json.dumps({**line, "flags_only": "yes"}) + "\n")
     with pytest.raises(model_mod.TrainingDataError, match="flags_only"):
         model_mod.load_training(tmp_path)
+
+
+@pytest.mark.parametrize("body, expected", [
+    # a threat said under a condition is still a threat
+    ("If the damage to my car is not paid for by Friday I will take you to the small claims court.", True),
+    ("If not, I will go to lawyer about this.", True),
+    # a threat said not to be one is not
+    ("I'm not going to sue anyone, I just want the heating fixed and an apology.", False),
+    ("No legal action from me, I only want my son's place back.", False),
+    ("I have no choice but to take legal action now.", True),
+    # someone called Sue is not a lawsuit
+    ("Sue contacted me on Tuesday and said the coordinator would ring back, she never did.", False),
+])
+def test_legal_threats_negated_or_conditional(classifier, body, expected):
+    msg = parse(make_mail(subject="The centre", body=body))
+    assert ("legal" in classifier.classify(msg).flags) is expected
+
+
+def test_a_forms_other_prose_answers_are_read_too(classifier):
+    """A review form whose threat of a claim sits in a field not called "message"."""
+    body = ("Submission from: Ask for a review\n\nName: Tomasz Nowak\nEmail: t.nowak@example.com\n"
+            "Reason for review: The outcome ignores the water damage to my sofa and carpet.\n"
+            "Outcome sought: Repair\n"
+            "Have you taken any advice?: Yes, I have instructed solicitors to act for me on the damage.\n")
+    msg = parse(make_mail(sender="Jotform <noreply@jotform.com>", subject="Form submission: Ask for a review",
+                          body=body))
+    result = classifier.classify(msg)
+    assert result.channel == "web_form" and "legal" in result.flags
+    assert "instructed solicitors" in prepare(msg.text, "web_form", msg.subject).new_text
+
+
+@pytest.mark.parametrize("sender, subject, body", [
+    # a social notification that names a role, not a person
+    ("Facebook <notification@facebookmail.com>", "Angry Dad commented on your post",
+     "Angry Dad commented on your post:\n\"nobody turned up to coach the under 9s again\""),
+    # a form's name answer written "(Empty)" on the line under the question
+    ("Website <noreply@club.example.org>", "New Entry: Feedback",
+     "Name\n(Empty)\n\nYour feedback\nThe new coach is brilliant and the kids love the Friday sessions."),
+    # a numbered form question "What's your name?" answered "Anonymous"
+    ("Typeform <notifications@typeform.example.com>", "New response to Feedback",
+     "1 → What's your name?\nAnonymous\n\n2 → What went wrong?\nThe lift was broken and nobody told us."),
+    # a role with a clause after it, as sender name and signature
+    ("a mum who sees everything <sees.all@example.com>", "the nursery",
+     "Staff are on their phones in the garden while the toddlers climb the fence.\n\nA mum who sees everything"),
+])
+def test_anonymous_in_more_shapes(classifier, sender, subject, body):
+    msg = parse(make_mail(sender=sender, subject=subject, body=body))
+    assert "anonymous" in classifier.classify(msg).flags
+
+
+def test_an_enquiry_can_be_anonymous_too(classifier):
+    msg = parse(make_mail(sender="A well-wisher <wellwisher22@example.com>", subject="Giving quietly",
+                          body="Could I give £200 to the food bank without my name going on any list? How do I do it?"
+                               "\n\nA well-wisher"))
+    assert "anonymous" in classifier.classify(msg).flags
+
+
+@pytest.mark.parametrize("body", [
+    "pls drop it, he says he'll get sacked. he's the only one who gets me. dont tell him i messaged",
+    "Thanks to the night team. Last winter I'd had enough and took all my tablets, and your worker found me and "
+    "waited with me for the ambulance.",
+])
+def test_grooming_signs_and_a_past_attempt_are_safeguarding(classifier, body):
+    msg = parse(make_mail(subject="hi", body=body))
+    assert "safeguarding" in classifier.classify(msg).flags
+
+
+@pytest.mark.parametrize("body", [
+    "Two faced snake, that's what your manager is.",
+    "Tell the caretaker if he blocks my van in again I'll put his windows through.",
+    "Your warden is a vindictive little man who enjoys making people wait.",
+    "that receptionist is a b*tch and everyone knows where she parks",
+])
+def test_abuse_in_more_shapes(classifier, body):
+    msg = parse(make_mail(subject="Complaint", body=body))
+    assert "abusive" in classifier.classify(msg).flags

@@ -66,7 +66,7 @@ _QUALIFIER = (r"(concerned|worried|anxious|upset|angry|frustrated|unhappy|disapp
 # "Concerned parent", "A worried mum", "Anonymous": a role with a qualifier or an article, never a
 # bare role word ("Parent <parent@...>" may well be how a real person set up their mailbox)
 _ANON_NAME = re.compile(r"^\s*((a|an|one|just a|from a|the)\s+)?(" + _QUALIFIER + r"\s+)+" + _ROLE + r"\s*$|"
-                        r"^\s*(a|an|one|just a|from a)\s+" + _ROLE + r"\s*$|"
+                        r"^\s*(a|an|one|just a|from a)\s+" + _ROLE + r"(\s+(who|that|at|of|from|in|on)\b[^@<>]{0,60})?\s*$|"
                         r"^\s*(anon|anonymous|anonymous user|anonymous reviewer|a google user|name withheld|withheld|"
                         r"not given|no name|a friend|whistle-?blower)\s*\.?\s*$", re.I)
 _ANON_ADDRESS = re.compile(r"(^|[._-])(anon|anonymous|anonymously|concerned|worried|throwaway|burner|noname|nameless|"
@@ -77,14 +77,17 @@ _THROWAWAY_DOMAINS = ("mailinator.", "guerrillamail.", "sharklasers.", "10minute
                       "mohmal.", "mintemail.", "33mail.", "anonaddy.", "simplelogin.", "duck.com")
 _SIGNED_AS_ROLE = re.compile(r"^\s*[-–—~]*\s*((a|an|one|just a|from a|signed,?)\s+((concerned|worried|anxious|upset|"
                              r"angry|frustrated|unhappy|disappointed|fed[- ]up|local|fellow|ex|former|regular|long[- ]?time|"
-                             r"loyal|volunteer)\s+)*" + _ROLE + r"|anon|anonymous|name withheld|a friend)\s*[.!x]*\s*$", re.I)
-_EMPTY_NAME = re.compile(r"^\s*(|-+|n/?a|none|anon|anonymous|not given|\(not given\)|\(not provided\)|not provided|"
+                             r"loyal|volunteer)\s+)*" + _ROLE + r"(\s+(who|that|at|of|from|in)\b[^@<>]{0,60})?"
+                             r"|anon|anonymous|name withheld|a friend)\s*[.!x]*\s*$", re.I)
+_EMPTY_NAME = re.compile(r"^\s*(|-+|n/?a|none|\(none\)|empty|\(empty\)|blank|\(blank\)|\(no answer\)|no answer|"
+                         r"\(no response\)|\(skipped\)|skipped|anon|anonymous|not given|\(not given\)|\(not provided\)|not provided|"
                          r"\(left blank\)|withheld|prefer not to say|rather not say|no|not telling|not saying|won'?t say|wont say|"
                          r"rather not|i'?d rather not|private|confidential|none of your business|nah|nope|unknown|"
                          r"secret|no name|nameless|x+|\?+|\.+|-)\s*$", re.I)
 
 
-_NAME_ON_ITS_OWN_LINE = re.compile(r"(?im)^[ \t]*(?:your |full )?name[ \t]*(?:\((?:optional|not required)\))?[ \t]*:?[ \t]*\n"
+_NAME_ON_ITS_OWN_LINE = re.compile(r"(?im)^[ \t]*(?:\d{1,2}[ \t]*[.):→>-]*[ \t]*)?(?:what(?:'s| is)[ \t]+)?(?:your |full )?"
+                                   r"name[ \t]*(?:\((?:optional|not required)\))?[ \t]*[:?]?[ \t]*\n"
                                    r"(?:[ \t]*\n)?[ \t]*([^\n]*?)[ \t]*$")
 # review sites and survey tools that name the writer on a line of their own: "by Anonymous, GB",
 # "Respondent: Anonymous", "Posted by: anonymous user"
@@ -96,6 +99,9 @@ _BY_ANONYMOUS = re.compile(r"(?im)^[ \t]*(?:[-–—]\s*)?(?:by|from|posted by|r
 # "lhs_truth_2025", "centre_exposed", "anon_parent_22", "insider_leaks"
 _HIDING_HANDLE = re.compile(r"(?<![\w@])@?([a-z0-9._]*?(?:truth|exposed|expose|whistle-?blower|whistleblow|anon|"
                             r"concerned|throwaway|burner|insider|leaks?|secret)[a-z0-9._]*)\b", re.I)
+# "Fed Up Parent commented on your post", "Concerned Mum left a 1-star review"
+_SOCIAL_ACTOR = re.compile(r"^\s*(.{2,40}?)\s+(commented|replied|posted|recommends|reviewed|left|mentioned|tagged|"
+                           r"sent|shared|wrote|reacted|messaged|tweeted)\b", re.I)
 _NEWSLETTER = re.compile(r"^(precedence: (bulk|list)|list-id)", re.I)
 
 
@@ -126,6 +132,9 @@ def anonymous_signs(msg: ParsedMessage, prep, channel: str = "email") -> str | N
     if field and _EMPTY_NAME.match(field.group(1)):
         return f"the form's name field is {field.group(1).strip() or 'empty'!r}"
     if channel == "social_media":
+        named = _SOCIAL_ACTOR.match(msg.subject or "")
+        if named and _ANON_NAME.match(named.group(1)):
+            return f"the account is called {named.group(1).strip()!r}"
         # the account's handle, as the notification names it in the subject or its first lines
         head = f"{msg.subject}\n" + "\n".join((msg.text or "").split("\n")[:6])
         for handle in _HIDING_HANDLE.finditer(head):
@@ -238,7 +247,8 @@ class Classifier:
                 re.search(r"e-?mail", k, re.I) and not v.strip() for k, v in prep.form_fields.items()):
             flags.append("anonymous")
             reasons.append("flag anonymous: the form was sent without an email address")
-        if "anonymous" not in flags and label != "other":
+        if "anonymous" not in flags and (label != "other" or (scr.channel in ("email", "web_form")
+                                                              and not msg.machine_generated)):
             why = anonymous_signs(msg, prep, scr.channel)
             if why:
                 flags.append("anonymous")

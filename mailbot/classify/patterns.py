@@ -21,6 +21,7 @@ from mailbot.policy.rules import FLAGS, LABELS, RulesError
 
 PATTERNS_FILE = "classifier/patterns.toml"
 _WORD = re.compile(r"\w+")
+_CONDITIONAL = {"if", "unless", "otherwise", "else", "until"}
 
 
 class _Strict(BaseModel):
@@ -46,6 +47,11 @@ class PatternRule(_Strict):
     patterns: list[list[dict[str, Any]]] = Field(default_factory=list)
     weight: float = Field(0.3, ge=0, le=5)  # labels only
     threshold: float = Field(0.5, gt=0, lt=1)  # flags only: model probability that raises it
+    # flags only: a hit with one of these words just before it does not count ("I am NOT going
+    # to sue"), unless the word after the negation is an exception ("no choice but to sue")
+    negations: list[str] = Field(default_factory=list)
+    negation_window: int = Field(3, ge=1, le=10)
+    negation_exceptions: list[str] = Field(default_factory=list)
 
     @field_validator("phrases")
     @classmethod
@@ -203,7 +209,7 @@ class RuleMatcher:
             if "|" in key:
                 rule_key, name, group = key.split("|")
                 groups.setdefault((rule_key, name), {}).setdefault(int(group), []).append((start, end))
-            else:
+            elif not self._negated(doc, start, key):
                 hits.setdefault(key, []).append(doc[start:end].text)
         for (rule_key, name), found in groups.items():
             table = self.rules.labels if rule_key.startswith("label:") else self.rules.flags
@@ -211,6 +217,11 @@ class RuleMatcher:
             together = next(t for t in rule.together if t.name == name)
             if len(found) != len(together.groups):
                 continue
+            if rule.negations:
+                found = {g: [s for s in spans if not self._negated(doc, s[0], rule_key)]
+                         for g, spans in found.items()}
+                if not all(found.values()):
+                    continue
             if together.within is None:
                 chosen = {g: spans[0] for g, spans in found.items()}
             else:
@@ -220,6 +231,25 @@ class RuleMatcher:
             hits.setdefault(rule_key, []).append(
                 f"{name}: " + " + ".join(doc[chosen[g][0]:chosen[g][1]].text for g in sorted(chosen)))
         return hits
+
+    def _negated(self, doc, start: int, key: str) -> bool:
+        """Whether a negation of the flag rule ``key`` stands just before token ``start``, in the
+        same clause.  A negation inside a condition is no negation of the threat: "if this is
+        not sorted I will sue", "if not, I will go to a lawyer"."""
+        if not key.startswith("flag:"):
+            return False
+        rule = self.rules.flags[key.split(":", 1)[1]]
+        if not rule.negations:
+            return False
+        negations = {w.lower() for w in rule.negations}
+        exceptions = {w.lower() for w in rule.negation_exceptions}
+        for i in range(start - 1, max(-1, start - 1 - rule.negation_window), -1):
+            token = doc[i]
+            if token.is_punct:
+                return False
+            if token.lower_ in negations and (i + 1 >= len(doc) or doc[i + 1].lower_ not in exceptions):
+                return not any(t.lower_ in _CONDITIONAL for t in doc[max(0, i - 4):i])
+        return False
 
     @staticmethod
     def _near(found: dict[int, list[tuple[int, int]]], within: int) -> dict[int, tuple[int, int]] | None:

@@ -57,6 +57,8 @@ _RELAY_LABEL = re.compile(r"^\s*(message|message body|message text|sms|sms text|
 _NOT_MESSAGE_WORDS = re.compile(r"\b(about|type|category|topic|subject|regarding|relate[sd]?|id|number|"
                                 r"date|time|phone|e-?mail|name|rate|rating|would you like|from|received|"
                                 r"sent|in reply to|original)\b", re.I)
+_CONTACT_LABEL = re.compile(r"\b(name|e-?mail|phone|mobile|tel|address|post ?code|zip|date|time|ip|url|page|"
+                            r"id|number|ref(erence)?|agent|referr?er|browser|consent|gdpr|privacy)\b", re.I)
 _FORM_FOOTER = re.compile(r"^\s*(response id|submitted|submission id|view all|source page|ip address|"
                           r"sent from|user agent|entry id|form id|referrer|-{3,})\b", re.I)
 _SOCIAL_BOILERPLATE = re.compile(
@@ -218,6 +220,14 @@ def form_message(text: str, standalone_labels: bool = True) -> str | None:
                 and not re.match(r"https?://", value):
             found.append(value)
         i = j
+    if found and standalone_labels:
+        # Forms ask for free text under many labels ("Outcome sought", "Have you sought any
+        # external advice?"): any other answer written as prose is the sender's words too.
+        for label, value in form_fields(text).items():
+            value = value.strip()
+            if (len(value.split()) >= 6 and not _CONTACT_LABEL.search(label) and value not in found
+                    and not any(value in f or f in value for f in found) and not re.match(r"https?://", value)):
+                found.append(value)
     return "\n".join(found) if found else None
 
 
