@@ -358,7 +358,8 @@ def letter_context(app: App, case: Case | None, msg: ParsedMessage, cls: Classif
     subs = json.loads(progress.substitutions) if progress and progress.substitutions else {}
     return build_context(
         app.rules, case=case, sender_name=msg.from_name, sender_addr=msg.from_addr,
-        subject=msg.subject, body=msg.text, label=cls.label, channel=cls.channel, flags=cls.flags,
+        subject=msg.subject, body=msg.text, attached=msg.attachment_text, label=cls.label,
+        channel=cls.channel, flags=cls.flags,
         confidence=cls.confidence, needs_review=cls.needs_review, received=received or utcnow(),
         acknowledged=acknowledged, handling=route.handling if route else "normal",
         deadlines=deadlines, stage=progress.stage if progress else 0, substitutions=subs,

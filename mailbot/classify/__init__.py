@@ -148,6 +148,18 @@ def anonymous_signs(msg: ParsedMessage, prep, channel: str = "email") -> str | N
     return None
 
 
+# A body this short beside an attached letter ("Please see my attached complaint") is a covering
+# note: the letter is what the person wrote.
+COVERING_NOTE_WORDS = 60
+
+
+def _what_they_wrote(msg: ParsedMessage, prep) -> str:
+    text = prep.model_text(msg.subject)
+    if msg.attachment_text and len(prep.new_text.split()) < COVERING_NOTE_WORDS:
+        text = f"{text}\n{msg.attachment_text}"
+    return text
+
+
 class Classifier:
     def __init__(self, rules: Rules, model_dir: Path | None = None, review_below: float = 0.6):
         from mailbot.classify import model
@@ -172,7 +184,7 @@ class Classifier:
 
         screenings = [screen(m, self.rules) for m in messages]
         prepared = [prepare(m.text, s.channel, m.subject) for m, s in zip(messages, screenings)]
-        texts = [normalise(p.model_text(m.subject)) for m, p in zip(messages, prepared)]
+        texts = [normalise(_what_they_wrote(m, p)) for m, p in zip(messages, prepared)]
         results = []
         for msg, scr, prep, text, doc in zip(messages, screenings, prepared, texts,
                                              self.nlp.pipe(texts, batch_size=128)):
@@ -183,7 +195,7 @@ class Classifier:
         reasons = list(scr.reasons)
         text = (doc.text if text is None else text).lower()
         hits = self.matcher.match(doc, text) if self.matcher else {}
-        reference = find_reference(self.rules, msg.subject, prep.new_text, prep.quoted)
+        reference = find_reference(self.rules, msg.subject, prep.new_text, prep.quoted, msg.attachment_text)
 
         scores = {label: float(doc.cats.get(label, 0.0)) for label in LABELS}
         top_model = max(scores, key=scores.get)

@@ -25,6 +25,8 @@ from email.utils import getaddresses, parsedate_to_datetime
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 
+from mailbot.intake.attachments import attachment_text
+
 MAX_TEXT_CHARS = 200_000  # the classifier and the letters never need more than this
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MSGID = re.compile(r"<[^<>\s]+>")
@@ -41,6 +43,7 @@ class Attachment:
     content_type: str
     size: int
     sha256: str
+    text: str = ""  # the words of an attached letter (PDF, Word, text), see mailbot.intake.attachments
 
 
 @dataclass
@@ -63,6 +66,11 @@ class ParsedMessage:
     size: int
     sha256: str
     defects: list[str] = field(default_factory=list)
+
+    @property
+    def attachment_text(self) -> str:
+        """The words of the attached letters, each under its file name ("" when none has any)."""
+        return "\n\n".join(f"[{a.filename}]\n{a.text}" for a in self.attachments if a.text)
 
     def header(self, name: str) -> str | None:
         values = self.headers.get(name.lower())
@@ -246,10 +254,11 @@ def parse(raw: bytes) -> ParsedMessage:
                 if ctype == "message/rfc822" or part.get_payload() is None:
                     continue
                 data = part.get_payload(decode=True) or b""
+                safe_name = _safe_filename(filename or "attachment")
                 attachments.append(Attachment(
-                    filename=_safe_filename(filename or "attachment"),
-                    content_type=ctype, size=len(data),
-                    sha256=hashlib.sha256(data).hexdigest()))
+                    filename=safe_name, content_type=ctype, size=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    text=attachment_text(safe_name, ctype, data)))
                 continue
             if ctype == "text/html":
                 html_parts.append(_decode_part(part, defects))

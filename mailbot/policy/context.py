@@ -130,7 +130,8 @@ def build_context(rules: Rules, *, case: Any, sender_name: str, sender_addr: str
                   deadlines: Iterable[Any] = (), stage: int = 0,
                   substitutions: dict[str, str] | None = None, owner_role: str | None = None,
                   staff_roles: Iterable[str] = (), reasons: Iterable[str] = (),
-                  publish: str = "", command: CommandView | None = None) -> dict[str, Any]:
+                  publish: str = "", command: CommandView | None = None,
+                  attached: str = "") -> dict[str, Any]:
     subs = substitutions or {}
     complaint = rules.complaint
     owner = owner_role or subs.get(complaint.owner, complaint.owner)
@@ -152,6 +153,7 @@ def build_context(rules: Rules, *, case: Any, sender_name: str, sender_addr: str
         "confidence": confidence,
         "acknowledged": acknowledged,
         "body": body[:20000],
+        "attached": attached[:8000],  # the words of attached letters (PDF, Word), for staff
         "handling": handling,
         "reasons": list(reasons),
         "owner": role_view(rules, owner),
@@ -215,7 +217,9 @@ def sample_contexts(rules: Rules, *, with_case: bool = True) -> list[dict[str, A
         done=False, previous_date="Friday 25 September 2026", new_date="Friday 9 October 2026",
         window_closes="Monday 19 October 2026", problem="sample problem",
         attempted="RE: [sample] #close", new_reference=rules.reference.make(2026, 43))
-    rich = build_context(rules, deadlines=full_deadlines, stage=stage, command=command, **common)
+    rich = build_context(rules, deadlines=full_deadlines, stage=stage, command=command,
+                         attached="[letter.pdf]\nDear Sir or Madam, I wish to complain about the cancelled session.",
+                         **common)
     if not rich["deadlines"]:
         rich["deadlines"] = deadline_views(full_deadlines, 0)
     bare_common = dict(common, flags=[], sender_name="", needs_review=True, acknowledged=False,
