@@ -82,6 +82,17 @@ def test_a_broken_attachment_gives_no_text_and_no_error(data):
                            data) == ""
 
 
+def test_a_word_zip_bomb_is_not_unpacked():
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", b"<w:document>" + b" " * (80 * 1024 * 1024) + b"</w:document>")
+    assert len(out.getvalue()) < MAX_FILE_BYTES
+    assert attachment_text("bomb.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                           out.getvalue()) == ""
+
+
 def test_a_huge_attachment_is_not_opened():
     assert attachment_text("scan.pdf", "application/pdf", b"%PDF-1.4\n" + b"0" * (MAX_FILE_BYTES + 1)) == ""
 

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 15 * 1024 * 1024  # a letter is small; a bigger file is a scan, a video or an attack
 MAX_PAGES = 20
 MAX_CHARS = 20_000
+MAX_UNPACKED_BYTES = 60 * 1024 * 1024  # a Word file's parts, unpacked (pypdf has its own such limits)
 
 _PDF = ("application/pdf", "application/x-pdf")
 _DOCX = ("application/vnd.openxmlformats-officedocument.wordprocessingml.document",)
@@ -61,8 +62,13 @@ def _pdf(data: bytes) -> str:
 
 
 def _docx(data: bytes) -> str:
+    import zipfile
+
     import docx
 
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:  # a zip bomb is refused before it is unpacked
+        if sum(info.file_size for info in archive.infolist()) > MAX_UNPACKED_BYTES:
+            return ""
     document = docx.Document(io.BytesIO(data))
     lines = [p.text for p in document.paragraphs]
     for table in document.tables:
