@@ -350,3 +350,27 @@ def test_outgoing_oauth2_takes_the_app_registration_of_the_mailbox(tmp_path):
     assert settings.scopes == ("https://outlook.office365.com/.default",)
     assert settings.username == "complaints@example.org"
     assert settings.token_cache == tmp_path / "var" / "cache.json"
+
+
+def test_graph_staff_commands_are_trusted_by_exchanges_internal_marks(tmp_path, graph_server,
+                                                                        oauth_authority, oauth_tls):
+    """In Microsoft 365 mail between colleagues carries no Authentication-Results, but Exchange
+    marks it as sent inside the organisation (and strips those marks from outside mail): through
+    Graph a member of staff's command is obeyed on those marks, and a copy without them is not."""
+    oauth_authority.register_app(secret=SECRET, roles={GRAPH: ["Mail.ReadWrite", "Mail.Send"]})
+    _complaints(graph_server.append)
+    config = write_config(tmp_path, graph_mailbox(graph_server, oauth_authority), GRAPH_OUT)
+    assert cli(oauth_tls, "run", "--once", "--config", config).returncode == 0
+    cases = json.loads(cli(oauth_tls, "cases", "list", "--json", "--config", config).stdout)
+    first, second = sorted(c["reference"] for c in cases)
+    internal = {"X-MS-Exchange-Organization-AuthAs": "Internal",
+                "X-MS-Exchange-Organization-AuthSource": "AM0PR01MB1234.eurprd01.prod.outlook.com"}
+    graph_server.append(make_mail(sender="Team <team@example.org>", subject=f"RE: [{first}] New complaint #close",
+                                  body="Resolved on the phone with the parent.", headers=internal))
+    graph_server.append(make_mail(sender="Team <team@example.org>", subject=f"RE: [{second}] New complaint #close",
+                                  body="Resolved on the phone with the parent."))  # no marks: from outside
+    assert cli(oauth_tls, "run", "--once", "--config", config).returncode == 0
+    status = {c["reference"]: c["status"] for c in json.loads(
+        cli(oauth_tls, "cases", "list", "--json", "--config", config).stdout)}
+    assert status[first] == "closed"
+    assert status[second] == "acknowledged"

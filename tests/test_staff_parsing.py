@@ -203,9 +203,12 @@ EXCHANGE = {"X-MS-Exchange-Organization-AuthAs": "Internal",
             "X-MS-Exchange-Organization-AuthSource": "EXCH01.example.org"}
 
 
-def test_exchange_internal_marks_count_only_for_an_ews_mailbox():
+def test_exchange_internal_marks_count_only_for_an_exchange_mailbox():
     assert _verdict("Jane <jane@example.org>", headers=EXCHANGE, kind="ews").authenticated
+    assert _verdict("Jane <jane@example.org>", headers=EXCHANGE, kind="graph").authenticated
+    assert _verdict("Jane <jane@example.org>", headers=EXCHANGE, kind="exchange-imap").authenticated
     assert not _verdict("Jane <jane@example.org>", headers=EXCHANGE, kind="imap").authenticated
+    assert not _verdict("Jane <jane@example.org>", headers=EXCHANGE, kind="maildir").authenticated
     half = {"X-MS-Exchange-Organization-AuthAs": "Internal"}
     assert not _verdict("Jane <jane@example.org>", headers=half, kind="ews").authenticated
     anonymous = dict(EXCHANGE, **{"X-MS-Exchange-Organization-AuthAs": "Anonymous"})
@@ -226,3 +229,13 @@ def test_staff_rules_mistakes_name_the_file_and_key(tmp_path):
     with pytest.raises(RulesError) as caught:
         load_rules(tmp_path)
     assert "staff.warn: the role 'nobody' is not defined" in "\n".join(caught.value.problems)
+
+
+def test_exchange_online_imap_is_known_by_its_host():
+    from types import SimpleNamespace
+
+    from mailbot.staffmail.auth import mailbox_kind_of
+
+    assert mailbox_kind_of(SimpleNamespace(kind="imap", host="outlook.office365.com")) == "exchange-imap"
+    assert mailbox_kind_of(SimpleNamespace(kind="imap", host="imap.example.org")) == "imap"
+    assert mailbox_kind_of(SimpleNamespace(kind="graph", host="127.0.0.1")) == "graph"

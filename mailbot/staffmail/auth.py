@@ -16,10 +16,12 @@ when it arrived, so a command is obeyed only when both hold:
      ``auth=pass`` with ``smtp.auth`` equal to the From address (the sender logged in to our
      own submission server).  Alignment is strict (same domain, not just a parent domain), so
      ``examp1e.org`` or ``example.org.evil.example`` never pass for ``example.org``;
-   - when the mailbox is Exchange read through EWS: Exchange's own marks of mail sent inside the
+   - when the mailbox is Exchange (read through EWS or Microsoft Graph, or Exchange Online's
+     own IMAP server, outlook.office365.com): Exchange's own marks of mail sent inside the
      organisation, ``X-MS-Exchange-Organization-AuthAs: Internal`` together with
-     ``X-MS-Exchange-Organization-AuthSource`` (Exchange removes these headers from mail that
-     arrives from outside, so a sender cannot bring their own).
+     ``X-MS-Exchange-Organization-AuthSource`` (Exchange's header firewall removes these headers
+     from mail that arrives from outside, so a sender cannot bring their own; any other IMAP
+     server keeps whatever the sender wrote, so there they count for nothing).
 
 Only the *topmost* Authentication-Results header from a trusted authserv-id counts: a receiving
 server adds its header on top of the ones already there, so anything below it with the same
@@ -95,6 +97,10 @@ def from_addresses(msg: ParsedMessage) -> list[str]:
     return [addr.lower() for _name, addr in getaddresses(values) if "@" in addr]
 
 
+EXCHANGE_MAILBOXES = ("ews", "graph", "exchange-imap")  # where Exchange's header firewall stands
+EXCHANGE_ONLINE_IMAP_HOSTS = ("outlook.office365.com", "outlook.office.com")
+
+
 def verify(rules: Rules, msg: ParsedMessage, *, notify: list[str] | tuple[str, ...] = (),
            trusted: list[str] | tuple[str, ...] = (), mailbox_kind: str = "") -> Verdict:
     """Who sent ``msg``, and whether that is proved (see the module docstring for the rules)."""
@@ -106,7 +112,7 @@ def verify(rules: Rules, msg: ParsedMessage, *, notify: list[str] | tuple[str, .
         return verdict
     domain = _domain(address)
 
-    if mailbox_kind == "ews":
+    if mailbox_kind in EXCHANGE_MAILBOXES:
         auth_as = (msg.header("x-ms-exchange-organization-authas") or "").strip().lower()
         source = (msg.header("x-ms-exchange-organization-authsource") or "").strip()
         if auth_as == "internal" and source:
@@ -154,9 +160,16 @@ def verify(rules: Rules, msg: ParsedMessage, *, notify: list[str] | tuple[str, .
     return verdict
 
 
+def mailbox_kind_of(mailbox) -> str:
+    """"ews", "graph", "exchange-imap" (Exchange Online's IMAP server) or the configured kind."""
+    if mailbox.kind == "imap" and (mailbox.host or "").lower().rstrip(".") in EXCHANGE_ONLINE_IMAP_HOSTS:
+        return "exchange-imap"
+    return mailbox.kind
+
+
 def verify_for(app: "App", msg: ParsedMessage) -> Verdict:
     """``verify`` with this installation's rules and config."""
     staff = app.config.staff
     return verify(app.rules, msg, notify=[a for a in staff.notify if a],
                   trusted=list(getattr(staff, "trusted_authserv_ids", []) or []),
-                  mailbox_kind=app.config.mailbox.kind)
+                  mailbox_kind=mailbox_kind_of(app.config.mailbox))
