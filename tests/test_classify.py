@@ -518,3 +518,47 @@ def test_grooming_signs_and_a_past_attempt_are_safeguarding(classifier, body):
 def test_abuse_in_more_shapes(classifier, body):
     msg = parse(make_mail(subject="Complaint", body=body))
     assert "abusive" in classifier.classify(msg).flags
+
+
+@pytest.mark.parametrize("body", [
+    # an overdose told in passing, by a carer asking to stop her complaint
+    "Please close my complaint for now. I'm in hospital, I took too many of my dad's painkillers on Friday.",
+    # a teenager and a much older man met online
+    "cancel it, i dont need your help. im 16 and im moving in with my boyfriend, hes 29, met him on snapchat",
+    # an old man's nephew holds his pension card and keeps visitors away
+    "My uncle is 88. His nephew keeps his pension card now and doesn't like people coming round when he's in.",
+    # a mother moved against her will, her account signed over to a son
+    "Please withdraw it. Her son has had her sign something at the bank and is moving her against her will.",
+])
+def test_more_safeguarding_categories_in_passing(classifier, body):
+    msg = parse(make_mail(subject="my complaint", body=body))
+    assert "safeguarding" in classifier.classify(msg).flags
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("I went to the law centre yesterday and they say your notice was not served properly.", True),
+    ("If I hear nothing by the 10th I will be taking advice on a claim for the fees.", True),
+    ("My brother-in-law read your letter and says it would not stand up for a minute.", True),
+    ("My solicitor said the house sale will complete in May, so I can start on the 1st.", False),
+])
+def test_legal_advice_in_more_words(classifier, body, expected):
+    msg = parse(make_mail(subject="the notice", body=body))
+    assert ("legal" in classifier.classify(msg).flags) is expected
+
+
+@pytest.mark.parametrize("sender, body", [
+    ("Parent <p.k.2231@example.com>", "Please don't ask for my name, I don't want it coming back on my daughter. "
+                                      "The new coach shouts at the girls."),
+    ("Website <no-reply@centre.example.org>", "Your name\nRather not say - a grateful neighbour\n\nYour feedback\n"
+                                              "The lunch club has been a lifeline for my neighbour this winter."),
+])
+def test_declining_to_give_a_name_is_anonymous(classifier, sender, body):
+    msg = parse(make_mail(sender=sender, subject="Feedback", body=body))
+    assert "anonymous" in classifier.classify(msg).flags
+
+
+def test_a_ruler_of_stars_under_a_signature_is_not_starred_swearing(classifier):
+    body = ("Thank you to your outreach team for the joined-up work with our surgery this winter.\n\nBest wishes,\n"
+            "Sam Patel\nPractice Manager\n" + "*" * 120 + "\nThis email is confidential.\n" + "*" * 120)
+    result = classifier.classify(parse(make_mail(subject="Thank you", body=body)))
+    assert result.label == "compliment" and "abusive" not in result.flags

@@ -86,6 +86,9 @@ _EMPTY_NAME = re.compile(r"^\s*(|-+|n/?a|none|\(none\)|empty|\(empty\)|blank|\(b
                          r"secret|no name|nameless|x+|\?+|\.+|-)\s*$", re.I)
 
 
+# a name field answered with a refusal and more words: "Rather not say - just a grateful family"
+_DECLINED_NAME = re.compile(r"^\s*(i'?d )?(rather not (say|give it)|prefer not to (say|give it)|anonymous|anon|withheld|"
+                            r"not telling|not saying|no name|none given)\b", re.I)
 _NAME_ON_ITS_OWN_LINE = re.compile(r"(?im)^[ \t]*(?:\d{1,2}[ \t]*[.):→>-]*[ \t]*)?(?:what(?:'s| is)[ \t]+)?(?:your |full )?"
                                    r"name[ \t]*(?:\((?:optional|not required)\))?[ \t]*[:?]?[ \t]*\n"
                                    r"(?:[ \t]*\n)?[ \t]*([^\n]*?)[ \t]*$")
@@ -116,8 +119,10 @@ def anonymous_signs(msg: ParsedMessage, prep, channel: str = "email") -> str | N
     if any(domain.startswith(d) or ("." + d) in ("." + domain) for d in _THROWAWAY_DOMAINS):
         return f"a throwaway address ({domain})"
     for key, value in prep.form_fields.items():
-        if re.fullmatch(r"\s*(your |full )?name\s*(\((optional|not required|if you wish|if you like)\))?\s*", key, re.I) and _EMPTY_NAME.match(value.split("\n")[0]):
-            return f"the form's {key!r} field is {value.split(chr(10))[0].strip() or 'empty'!r}"
+        first = value.split("\n")[0]
+        if re.fullmatch(r"\s*(your |full )?name\s*(\((optional|not required|if you wish|if you like)\))?\s*", key, re.I) and (
+                _EMPTY_NAME.match(first) or _DECLINED_NAME.match(first)):
+            return f"the form's {key!r} field is {first.strip() or 'empty'!r}"
     for key, value in prep.form_fields.items():
         if re.fullmatch(r"\s*(respondent|reviewer|submitted by|posted by|author|submitter|responder)(\s*name)?\s*",
                         key, re.I) and _EMPTY_NAME.match(value.split("\n")[0]):
@@ -129,7 +134,7 @@ def anonymous_signs(msg: ParsedMessage, prep, channel: str = "email") -> str | N
         return f"the notification names the writer {by.group(1)!r}"
     # forms that put the field's name on one line and its value on the next ("Name" / "not telling")
     field = _NAME_ON_ITS_OWN_LINE.search((msg.text or "")[:3000])
-    if field and _EMPTY_NAME.match(field.group(1)):
+    if field and (_EMPTY_NAME.match(field.group(1)) or _DECLINED_NAME.match(field.group(1))):
         return f"the form's name field is {field.group(1).strip() or 'empty'!r}"
     if channel == "social_media":
         named = _SOCIAL_ACTOR.match(msg.subject or "")

@@ -31,6 +31,9 @@ from mailbot.policy.rules import FLAGS, LABELS
 FLAG_OVERSAMPLE = 5
 SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
 _WHITESPACE = re.compile(r"\s+")
+# Rulers of signs ("*****", "-----", "=====") that frame disclaimers and signatures: each sign would
+# be a token, and "*" also stands in starred swearing ("f***"), which a ruler is not.
+_RULER = re.compile(r"(?<![\w*])[*=_~#+\-]{4,}(?![\w*])")
 _GENERIC_REFERENCE = re.compile(r"\b([A-Z]{2,6}[-/ ]?|(?i:[a-z]{2,6})[-/])\d{2,4}[-/]\d{2,6}\b")
 # "ref 00144", "complaint no. 162", "case #00213": the number of a case written without its prefix
 _SHORT_REFERENCE = re.compile(r"\b((?:complaint|case|ref|reference)(?:\s*(?:no\.?|number|#))?\s*[:.#-]?)\s*\d{3,6}\b",
@@ -69,7 +72,8 @@ def normalise(text: str) -> str:
     # Line breaks and indentation are layout, not language: spaCy would make each run of them a
     # token that breaks phrases ("small\n  claims") and n-grams, so text wrapped at 72 columns and
     # the same words from an HTML mail read alike.
-    text = _WHITESPACE.sub(" ", text[:MODEL_TEXT_CHARS * 2])[:MODEL_TEXT_CHARS]
+    text = _RULER.sub(" ", text[:MODEL_TEXT_CHARS * 2])
+    text = _WHITESPACE.sub(" ", text)[:MODEL_TEXT_CHARS]
     # Phones and word processors curl apostrophes and quotes ("he’ll", “a friend”): read them as
     # the plain signs the phrase rules and the training data are written with
     text = text.translate(_QUOTES)
