@@ -143,7 +143,7 @@ class RuleMatcher:
     def __init__(self, nlp: Language, rules: PatternRules, source: str = PATTERNS_FILE):
         self.rules = rules
         self.phrases = PhraseMatcher(nlp.vocab, attr="LOWER")
-        self.tokens = Matcher(nlp.vocab)
+        self.tokens: dict[str, Matcher] = {}  # one per rule with token patterns, see match()
         problems = []
         for kind, table in (("label", rules.labels), ("flag", rules.flags)):
             for name, rule in table.items():
@@ -155,46 +155,60 @@ class RuleMatcher:
                         self.phrases.add(f"{key}|{t.name}|{g}", [nlp.make_doc(p) for p in group])
                 for i, pattern in enumerate(rule.patterns):
                     try:
-                        self.tokens.add(key, [pattern])
+                        self.tokens.setdefault(key, Matcher(nlp.vocab)).add(key, [pattern])
                     except Exception as exc:  # noqa: BLE001 - spaCy's own validation message
                         problems.append(f"{source}: {kind}s.{name}.patterns[{i}]: {exc}")
         if problems:
             raise RulesError(problems)
-        self._token_gate = self._gate(rules)
+        self._token_gates = {f"{kind}:{name}": self._gate(rule)
+                             for kind, table in (("label", rules.labels), ("flag", rules.flags))
+                             for name, rule in table.items() if rule.patterns}
 
     @staticmethod
-    def _gate(rules: PatternRules):
-        """A cheap word test that must pass before the (slow) token Matcher runs at all: a pattern
-        can only match a text holding every word its required tokens insist on (a fixed word or a
-        list of words), so each pattern becomes a few word searches; the Matcher runs when the
-        words of any one pattern are all there.  ``None``: some pattern has no fixed word, always run."""
+    def _gate(rule: PatternRule):
+        """A cheap word test that must pass before the (slow) token Matcher runs for a rule: a
+        pattern can only match a text holding every word its required tokens insist on (a fixed
+        word or a list of words), so each pattern becomes a few word searches; the Matcher runs
+        when the words of any one pattern are all there.  ``None``: some pattern has no fixed
+        word, always run."""
         gates: list[list[tuple[frozenset[str], tuple[str, ...]]]] = []
-        for table in (rules.labels, rules.flags):
-            for rule in table.values():
-                for pattern in rule.patterns:
-                    groups = []
-                    for token in pattern:
-                        if token.get("OP") in ("?", "*") or str(token.get("OP", "")).startswith("{0"):
-                            continue
-                        lower = token.get("LOWER")
-                        words = [lower] if isinstance(lower, str) else (
-                            lower.get("IN") if isinstance(lower, dict) and isinstance(lower.get("IN"), list) else None)
-                        if words:
-                            words = {str(w).lower() for w in words}
-                            plain = frozenset(w for w in words if w.isalnum())
-                            groups.append((plain, tuple(w for w in words if not w.isalnum())))
-                    if not groups:
-                        return None
-                    gates.append(groups)
+        for pattern in rule.patterns:
+            groups = []
+            for token in pattern:
+                if token.get("OP") in ("?", "*") or str(token.get("OP", "")).startswith("{0"):
+                    continue
+                lower = token.get("LOWER")
+                words = [lower] if isinstance(lower, str) else (
+                    lower.get("IN") if isinstance(lower, dict) and isinstance(lower.get("IN"), list) else None)
+                if words:
+                    words = {str(w).lower() for w in words}
+                    plain = frozenset(w for w in words if w.isalnum())
+                    groups.append((plain, tuple(w for w in words if not w.isalnum())))
+            if not groups:
+                return None
+            gates.append(groups)
         return gates
 
-    def _token_gate_passes(self, text: str) -> bool:
-        if self._token_gate is None:
+    @staticmethod
+    def _gate_passes(gate, text: str, words: set[str]) -> bool:
+        if gate is None:
             return True
-        words = set(_WORD.findall(text))
         # words with an apostrophe or a sign ("n't", "you're") are looked for as plain substrings
         return any(all(plain & words or any(o in text for o in other) for plain, other in groups)
-                   for groups in self._token_gate)
+                   for groups in gate)
+
+    def _token_hits(self, doc, text: str, decided: set[str]) -> list:
+        """Token patterns of the rules the phrases have not already decided: a flag raised by a
+        phrase needs no slower second proof (the hits only ever add reasons)."""
+        found: list = []
+        words = None
+        for key, matcher in self.tokens.items():
+            if key in decided:
+                continue
+            words = words if words is not None else set(_WORD.findall(text))
+            if self._gate_passes(self._token_gates[key], text, words):
+                found += list(matcher(doc))
+        return found
 
     def match(self, doc, text: str | None = None) -> dict[str, list[str]]:
         """``text``: the doc's text when the caller already has it (``doc.text`` rebuilds it)."""
@@ -202,8 +216,10 @@ class RuleMatcher:
         groups: dict[tuple[str, str], dict[int, str]] = {}
         vocab = doc.vocab
         found = list(self.phrases(doc))
-        if self._token_gate_passes((doc.text if text is None else text).lower()):
-            found += list(self.tokens(doc))
+        if self.tokens:
+            decided = {k for k in (vocab.strings[m] for m, _s, _e in found) if "|" not in k
+                       and k.startswith("flag:") and not self.rules.flags[k[5:]].negations}
+            found += self._token_hits(doc, (doc.text if text is None else text).lower(), decided)
         for match_id, start, end in found:
             key = vocab.strings[match_id]
             if "|" in key:

@@ -83,18 +83,27 @@ def _needs(pattern: str) -> tuple[str, ...] | None:
         return None
 
 
+@lru_cache(maxsize=256)
+def _prepared(patterns: tuple[str, ...], multiline: bool) -> list[tuple[str, tuple[str, ...] | None, re.Pattern[str]]]:
+    return [(p, _needs(p), _compile(p, multiline)) for p in patterns]
+
+
 def _first(patterns: list[str], texts: list[str], multiline: bool = False) -> str | None:
     """The first pattern that matches one of the texts.  A pattern is only searched when a word it
-    cannot match without is in the text (a plain substring test, far cheaper than the search)."""
-    lowered = [t.lower() for t in texts]
-    for pattern in patterns:
-        needs = _needs(pattern)
-        if needs is not None and not any(w in t for t in lowered for w in needs):
+    cannot match without is in the texts (a plain substring test, far cheaper than the search;
+    one across all the texts at once may let a pattern through that then finds nothing)."""
+    lowered = "\n".join(texts).lower()
+    for pattern, needs, rx in _prepared(tuple(patterns), multiline):
+        if needs is not None and not any(w in lowered for w in needs):
             continue
-        rx = _compile(pattern, multiline)
         if any(rx.search(t) for t in texts):
             return pattern
     return None
+
+
+@lru_cache(maxsize=64)
+def _domains(wanted: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(w.lower() for w in wanted)
 
 
 _QUOTE_START = re.compile(
@@ -113,10 +122,12 @@ def _own_text(text: str) -> str:
 
 
 def _matches(rule: ChannelRule, msg: ParsedMessage) -> str | None:
-    domain = msg.from_addr.rsplit("@", 1)[-1]
-    for wanted in rule.sender_domains:
-        wanted = wanted.lower()
-        if domain == wanted or domain.endswith("." + wanted):
+    domain = msg.from_addr.rsplit("@", 1)[-1].lower()
+    if rule.sender_domains:
+        wanted = _domains(tuple(rule.sender_domains))
+        parts = domain.split(".")
+        # the domain itself or any parent of it ("mail.example.com" is at "example.com")
+        if any(".".join(parts[i:]) in wanted for i in range(len(parts))):
             return f"sender domain {domain}"
     labels = set(domain.split("."))
     for word in rule.sender_domain_words:
