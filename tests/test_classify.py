@@ -562,3 +562,18 @@ def test_a_ruler_of_stars_under_a_signature_is_not_starred_swearing(classifier):
             "Sam Patel\nPractice Manager\n" + "*" * 120 + "\nThis email is confidential.\n" + "*" * 120)
     result = classifier.classify(parse(make_mail(subject="Thank you", body=body)))
     assert result.label == "compliment" and "abusive" not in result.flags
+
+
+@pytest.mark.parametrize("body", [
+    # a baby ill in a damp, mouldy flat the landlord will not fix
+    "The mould in the bedroom is back and water comes in round the window. The baby is 5 months old and the "
+    "GP says his wheezing is from the damp. Please send someone.",
+    # a life saved, told as thanks
+    "Please thank Dom from the night line. In March he stayed on the phone with me until the crisis team came.",
+    # money taken from a man with a learning disability, with silence demanded
+    "My brother has a learning disability. His support worker asks him for money most weeks and says he'll be "
+    "in trouble if he tells.",
+])
+def test_housing_crisis_and_money_categories(classifier, body):
+    msg = parse(make_mail(subject="Please read", body=body))
+    assert "safeguarding" in classifier.classify(msg).flags
