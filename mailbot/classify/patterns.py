@@ -160,6 +160,11 @@ class RuleMatcher:
                         problems.append(f"{source}: {kind}s.{name}.patterns[{i}]: {exc}")
         if problems:
             raise RulesError(problems)
+        self._vocab = nlp.vocab
+        self._keys: dict[int, tuple[str, str | None, int]] = {}
+        self._together = {(f"{kind}:{name}", t.name): (rule, t)
+                          for kind, table in (("label", rules.labels), ("flag", rules.flags))
+                          for name, rule in table.items() for t in rule.together}
         self._token_gates = {f"{kind}:{name}": self._gate(rule)
                              for kind, table in (("label", rules.labels), ("flag", rules.flags))
                              for name, rule in table.items() if rule.patterns}
@@ -214,23 +219,19 @@ class RuleMatcher:
         """``text``: the doc's text when the caller already has it (``doc.text`` rebuilds it)."""
         hits: dict[str, list[str]] = {}
         groups: dict[tuple[str, str], dict[int, str]] = {}
-        vocab = doc.vocab
         found = list(self.phrases(doc))
         if self.tokens:
-            decided = {k for k in (vocab.strings[m] for m, _s, _e in found) if "|" not in k
-                       and k.startswith("flag:") and not self.rules.flags[k[5:]].negations}
+            decided = {self._key(m)[0] for m, _s, _e in found}
+            decided = {k for k in decided if k.startswith("flag:") and not self.rules.flags[k[5:]].negations}
             found += self._token_hits(doc, (doc.text if text is None else text).lower(), decided)
         for match_id, start, end in found:
-            key = vocab.strings[match_id]
-            if "|" in key:
-                rule_key, name, group = key.split("|")
-                groups.setdefault((rule_key, name), {}).setdefault(int(group), []).append((start, end))
+            key, name, group = self._key(match_id)
+            if name is not None:
+                groups.setdefault((key, name), {}).setdefault(group, []).append((start, end))
             elif not self._negated(doc, start, key):
                 hits.setdefault(key, []).append(doc[start:end].text)
         for (rule_key, name), found in groups.items():
-            table = self.rules.labels if rule_key.startswith("label:") else self.rules.flags
-            rule = table[rule_key.split(":", 1)[1]]
-            together = next(t for t in rule.together if t.name == name)
+            rule, together = self._together[(rule_key, name)]
             if len(found) != len(together.groups):
                 continue
             if rule.negations:
@@ -247,6 +248,19 @@ class RuleMatcher:
             hits.setdefault(rule_key, []).append(
                 f"{name}: " + " + ".join(doc[chosen[g][0]:chosen[g][1]].text for g in sorted(chosen)))
         return hits
+
+    def _key(self, match_id: int) -> tuple[str, str | None, int]:
+        """(rule key, together-rule name or None, group number) of a match, worked out once."""
+        parsed = self._keys.get(match_id)
+        if parsed is None:
+            key = self._vocab.strings[match_id]
+            if "|" in key:
+                rule_key, name, group = key.split("|")
+                parsed = (rule_key, name, int(group))
+            else:
+                parsed = (key, None, -1)
+            self._keys[match_id] = parsed
+        return parsed
 
     def _negated(self, doc, start: int, key: str) -> bool:
         """Whether a negation of the flag rule ``key`` stands just before token ``start``, in the
