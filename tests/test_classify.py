@@ -503,8 +503,24 @@ def test_an_enquiry_can_be_anonymous_too(classifier):
     "pls drop it, he says he'll get sacked. he's the only one who gets me. dont tell him i messaged",
     "Thanks to the night team. Last winter I'd had enough and took all my tablets, and your worker found me and "
     "waited with me for the ambulance.",
+    # an overdose told in passing, by a carer asking to stop her complaint
+    "Please close my complaint for now. I'm in hospital, I took too many of my dad's painkillers on Friday.",
+    # a teenager and a much older man met online
+    "cancel it, i dont need your help. im 16 and im moving in with my boyfriend, hes 29, met him on snapchat",
+    # an old man's nephew holds his pension card and keeps visitors away
+    "My uncle is 88. His nephew keeps his pension card now and doesn't like people coming round when he's in.",
+    # a mother moved against her will, her account signed over to a son
+    "Please withdraw it. Her son has had her sign something at the bank and is moving her against her will.",
+    # a baby ill in a damp, mouldy flat the landlord will not fix
+    "The mould in the bedroom is back and water comes in round the window. The baby is 5 months old and the "
+    "GP says his wheezing is from the damp. Please send someone.",
+    # a life saved, told as thanks
+    "Please thank Dom from the night line. In March he stayed on the phone with me until the crisis team came.",
+    # money taken from a man with a learning disability, with silence demanded
+    "My brother has a learning disability. His support worker asks him for money most weeks and says he'll be "
+    "in trouble if he tells.",
 ])
-def test_grooming_signs_and_a_past_attempt_are_safeguarding(classifier, body):
+def test_safeguarding_signs_told_in_passing(classifier, body):
     msg = parse(make_mail(subject="hi", body=body))
     assert "safeguarding" in classifier.classify(msg).flags
 
@@ -518,21 +534,6 @@ def test_grooming_signs_and_a_past_attempt_are_safeguarding(classifier, body):
 def test_abuse_in_more_shapes(classifier, body):
     msg = parse(make_mail(subject="Complaint", body=body))
     assert "abusive" in classifier.classify(msg).flags
-
-
-@pytest.mark.parametrize("body", [
-    # an overdose told in passing, by a carer asking to stop her complaint
-    "Please close my complaint for now. I'm in hospital, I took too many of my dad's painkillers on Friday.",
-    # a teenager and a much older man met online
-    "cancel it, i dont need your help. im 16 and im moving in with my boyfriend, hes 29, met him on snapchat",
-    # an old man's nephew holds his pension card and keeps visitors away
-    "My uncle is 88. His nephew keeps his pension card now and doesn't like people coming round when he's in.",
-    # a mother moved against her will, her account signed over to a son
-    "Please withdraw it. Her son has had her sign something at the bank and is moving her against her will.",
-])
-def test_more_safeguarding_categories_in_passing(classifier, body):
-    msg = parse(make_mail(subject="my complaint", body=body))
-    assert "safeguarding" in classifier.classify(msg).flags
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -562,18 +563,3 @@ def test_a_ruler_of_stars_under_a_signature_is_not_starred_swearing(classifier):
             "Sam Patel\nPractice Manager\n" + "*" * 120 + "\nThis email is confidential.\n" + "*" * 120)
     result = classifier.classify(parse(make_mail(subject="Thank you", body=body)))
     assert result.label == "compliment" and "abusive" not in result.flags
-
-
-@pytest.mark.parametrize("body", [
-    # a baby ill in a damp, mouldy flat the landlord will not fix
-    "The mould in the bedroom is back and water comes in round the window. The baby is 5 months old and the "
-    "GP says his wheezing is from the damp. Please send someone.",
-    # a life saved, told as thanks
-    "Please thank Dom from the night line. In March he stayed on the phone with me until the crisis team came.",
-    # money taken from a man with a learning disability, with silence demanded
-    "My brother has a learning disability. His support worker asks him for money most weeks and says he'll be "
-    "in trouble if he tells.",
-])
-def test_housing_crisis_and_money_categories(classifier, body):
-    msg = parse(make_mail(subject="Please read", body=body))
-    assert "safeguarding" in classifier.classify(msg).flags
