@@ -302,7 +302,7 @@ def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage,
                           detail=json.dumps({"label": cls.label, "channel": cls.channel,
                                              "handling": route.handling, "reasons": route.reasons})))
         if route.letter or route.staff_letter:
-            _act(app, session, msg, cls, None, route, row, now)
+            _act(app, session, msg, cls, None, route, row, now, limits_checked=True)
         return Outcome(incoming.uid, "processed", "recorded", label=cls.label,
                        channel=cls.channel, detail=row.reason)
 
@@ -323,7 +323,7 @@ def _handle(app: App, session: Session, incoming: Incoming, msg: ParsedMessage,
     session.add(Event(case_id=case.id, message_id=row.id, actor="system", action="classified",
                       detail=cls.to_json()))
     feedback.before_act(app, session, msg, cls, case, route, row)  # survey answers
-    _act(app, session, msg, cls, case, route, row, now)
+    _act(app, session, msg, cls, case, route, row, now, limits_checked=True)
     feedback.after_act(app, session, msg, cls, case, route, row)  # compliments, consent to publish
     return Outcome(incoming.uid, "processed", action, reference=case.reference, label=cls.label,
                    channel=cls.channel, detail=row.reason)
@@ -434,12 +434,15 @@ def incoming_ref(case: Case | None) -> str:
 
 
 def _act(app: App, session: Session, msg: ParsedMessage, cls: Classification, case: Case | None,
-         route: Route, row: Message, now=None) -> None:
+         route: Route, row: Message, now=None, *, limits_checked: bool = False) -> None:
+    """Carry out ``route``.  ``limits_checked``: the caller already held the letter against the
+    reply limits before deciding (``_handle``), so they are not counted a second time."""
     now = now or utcnow()
     sender = app.config.outgoing.from_
     mail_from = app.config.outgoing.from_address
     progress, deadlines = _apply(app, session, case, route, row, now) if case is not None else (None, [])
-    limited = reply_limit_reached(session, app, msg.reply_address, now) if route.letter else None
+    limited = (reply_limit_reached(session, app, msg.reply_address, now)
+               if route.letter and not limits_checked else None)
     if limited:  # a caller that did not check before deciding (see _handle)
         _letter_suppressed(session, case, row, route.letter, limited)
         route.letter = None
