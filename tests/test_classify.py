@@ -248,6 +248,10 @@ def test_a_bulletin_about_safeguarding_training_is_not_a_concern(classifier):
     ("You'll regret the day you crossed me, all of you.", True),
     ("Your so-called team are spineless cowards covering for each other.", True),
     ("shes a stuck up cow and a liar", True),
+    ("Two faced snake, that's what your manager is.", True),
+    ("Tell the caretaker if he blocks my van in again I'll put his windows through.", True),
+    ("Your warden is a vindictive little man who enjoys making people wait.", True),
+    ("that receptionist is a b*tch and everyone knows where she parks", True),
     ("Your handling of my case was incompetent, slow and unfair. I am furious and want a senior review.", False),
     ("This service is a shambles and your letter is a disgrace to the charity.", False),
 ])
@@ -454,8 +458,13 @@ def test_flags_only_examples_are_checked_and_fingerprinted(tmp_path):
     ("I have no choice but to take legal action now.", True),
     # someone called Sue is not a lawsuit
     ("Sue contacted me on Tuesday and said the coordinator would ring back, she never did.", False),
+    # legal advice in more words
+    ("I went to the law centre yesterday and they say your notice was not served properly.", True),
+    ("If I hear nothing by the 10th I will be taking advice on a claim for the fees.", True),
+    ("My brother-in-law read your letter and says it would not stand up for a minute.", True),
+    ("My solicitor said the house sale will complete in May, so I can start on the 1st.", False),
 ])
-def test_legal_threats_negated_or_conditional(classifier, body, expected):
+def test_legal_threats_in_their_many_words(classifier, body, expected):
     msg = parse(make_mail(subject="The centre", body=body))
     assert ("legal" in classifier.classify(msg).flags) is expected
 
@@ -523,28 +532,6 @@ def test_an_enquiry_can_be_anonymous_too(classifier):
 def test_safeguarding_signs_told_in_passing(classifier, body):
     msg = parse(make_mail(subject="hi", body=body))
     assert "safeguarding" in classifier.classify(msg).flags
-
-
-@pytest.mark.parametrize("body", [
-    "Two faced snake, that's what your manager is.",
-    "Tell the caretaker if he blocks my van in again I'll put his windows through.",
-    "Your warden is a vindictive little man who enjoys making people wait.",
-    "that receptionist is a b*tch and everyone knows where she parks",
-])
-def test_abuse_in_more_shapes(classifier, body):
-    msg = parse(make_mail(subject="Complaint", body=body))
-    assert "abusive" in classifier.classify(msg).flags
-
-
-@pytest.mark.parametrize("body, expected", [
-    ("I went to the law centre yesterday and they say your notice was not served properly.", True),
-    ("If I hear nothing by the 10th I will be taking advice on a claim for the fees.", True),
-    ("My brother-in-law read your letter and says it would not stand up for a minute.", True),
-    ("My solicitor said the house sale will complete in May, so I can start on the 1st.", False),
-])
-def test_legal_advice_in_more_words(classifier, body, expected):
-    msg = parse(make_mail(subject="the notice", body=body))
-    assert ("legal" in classifier.classify(msg).flags) is expected
 
 
 @pytest.mark.parametrize("sender, body", [
